@@ -1,0 +1,59 @@
+"""Command line: each subcommand lives in `skipseg.commands.<name>` and maps arguments to a function.
+
+Errors: a `SkipsegError` (or a missing file) is printed as one line `skipseg: error: ...` with exit
+code 2; the traceback only with `--debug`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from typing import Sequence
+
+from skipseg.errors import SkipsegError
+
+# Command modules, in the order `skipseg --help` lists them. Each defines `register(subparsers)`.
+COMMAND_MODULES = ("data", "score", "models", "train", "evaluate", "predict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skipseg",
+        description="Train, evaluate, compare and explain semantic segmentation networks.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"skipseg.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"skipseg.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except SkipsegError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"skipseg: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"skipseg: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("skipseg: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)

@@ -1,0 +1,26 @@
+"""Argument helpers shared by the command modules."""
+from __future__ import annotations
+
+import argparse
+
+from skipseg.errors import SkipsegError
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """'0.75,1,1.25' → (0.75, 1.0, 1.25)."""
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SkipsegError(f"--scales: expected comma-separated numbers like 0.75,1,1.25, got '{text}'") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise SkipsegError(f"--scales: scales must be positive, got '{text}'")
+    return scales
+
+
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
+    parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.75,1,1.25")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))

@@ -1,0 +1,237 @@
+"""Typed run configuration: YAML file + dotted `key=value` overrides; unknown keys are errors.
+
+    cfg = load_config("configs/fcn8s_shapes.yaml", ["train.lr=0.01", "model.width=0.25"])
+    save_run_config(run_dir, cfg)   # config.yaml (reloadable) + meta.json (git commit, versions, argv)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from skipseg.errors import SkipsegError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "fcn8s"
+    num_classes: int = 21
+    width: float = 1.0
+    pretrained: str | None = None  # "imagenet" → torchvision weights API
+    weights: str | None = None  # a torchvision-format state_dict file
+    init_from: str | None = None  # staged training: a run folder or checkpoint
+    # Model-specific options: None = the builder's default; passed on only when set.
+    learnable_upsampling: bool | None = None
+    original_padding: bool | None = None
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/shapes"
+    sbd_root: str | None = None  # SBD `benchmark_RELEASE/dataset`, for train_aug
+    val_root: str | None = None  # when validation data lives elsewhere (FCN: SBD train, VOC seg11valid)
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: int | None = 96  # None = whole images (the FCN reference: batch 1, no crop)
+    resize: int | None = None  # resize before cropping (DeconvNet: 250 then crop 224)
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    flip: bool = True
+    workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8
+    iterations: int = 1000
+    epochs: float | None = None  # when set, overrides iterations: epochs × len(train) / batch
+    lr: float = 0.01
+    optimizer: str = "sgd"  # sgd | adam
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "poly"  # poly | step | constant
+    poly_power: float = 0.9
+    step_size: int = 1000  # iterations between decays for lr_schedule=step
+    step_gamma: float = 0.1
+    loss_reduction: str = "mean"  # mean | sum (the FCN reference sums over pixels)
+    accumulate: int = 1  # gradient accumulation steps per optimiser step
+    seed: int = 0
+    val_every: int = 500
+    log_every: int = 10
+    checkpoint_every: int = 500
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_val_images: int | None = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.optimizer": ("sgd", "adam"),
+    "train.lr_schedule": ("poly", "step", "constant"),
+    "train.loss_reduction": ("mean", "sum"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Check `value` against a field annotation (int, float, str, bool, X | None, dataclass)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key, source)
+            except SkipsegError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key, source)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise SkipsegError(f"{source}: key '{key}' must be {annotation.__name__}, got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SkipsegError(f"{source}: key '{prefix}' must be a mapping, got {data!r}")
+    hints = _field_types(cls)
+    unknown = [k for k in data if k not in hints]
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise SkipsegError(
+            f"{source}: unknown key '{where}{unknown[0]}'; valid keys"
+            f"{' in ' + prefix if prefix else ''}: {', '.join(hints)}"
+        )
+    values = {}
+    for name, annotation in hints.items():
+        if name in data:
+            key = f"{prefix}.{name}" if prefix else name
+            values[name] = _coerce(data[name], annotation, key, source)
+            allowed = CHOICES.get(key)
+            if allowed and values[name] not in allowed:
+                raise SkipsegError(f"{source}: key '{key}' must be one of {', '.join(allowed)}, got {values[name]!r}")
+    return cls(**values)
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Set dotted `key=value` pairs (values parsed as YAML) into a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise SkipsegError(f"override '{item}': expected key=value, e.g. train.lr=0.01")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SkipsegError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SkipsegError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise SkipsegError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SkipsegError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config) -> Any:
+    """Read YAML (or start from defaults), apply overrides, and validate every key and type."""
+    data = read_yaml(path) if path else {}
+    apply_overrides(data, overrides)
+    source = str(path) if path else "config"
+    if overrides:
+        source += " + overrides"
+    return _build(cls, data, "", source)
+
+
+def config_to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data: dict, cls: type = Config) -> Any:
+    return _build(cls, data, "", "checkpoint config")
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The commit of the source tree skipseg runs from (None outside a git checkout)."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def save_run_config(run_dir: str | Path, config: Any) -> None:
+    """Write the resolved config (`config.yaml`, reloadable) and provenance (`meta.json`)."""
+    import torch
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()
+    header = f"# resolved skipseg config; git commit {commit or 'unknown'}\n"
+    (run_dir / "config.yaml").write_text(header + yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    meta = {
+        "git_commit": commit,
+        "argv": sys.argv,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "host": platform.node(),
+    }
+    (run_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

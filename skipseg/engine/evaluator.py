@@ -1,0 +1,90 @@
+"""Dataset evaluation: whole images at native size, batched by size, one confusion matrix for all."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from skipseg.data.palette import save_label_png
+from skipseg.engine.runtime import Runtime
+from skipseg.engine.sampling import SizeGroupedBatchSampler
+from skipseg.inference.predictor import predict_probs
+from skipseg.metrics import ConfusionMatrix
+
+# probs_fn(images [N,3,H,W] normalised, indices) -> probabilities [N, C, H, W]
+ProbsFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+class _Indexed(Dataset):
+    """Adds the dataset index to each item so predictions can be saved under the image's id."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        image, mask = self.dataset[index]
+        return image, mask, index
+
+
+def image_sizes(dataset) -> list[tuple[int, int]]:
+    """(H, W) of every image from the file headers (no decoding)."""
+    sizes = []
+    for index in range(len(dataset)):
+        with Image.open(dataset.image_path(index)) as image:
+            sizes.append((image.height, image.width))
+    return sizes
+
+
+def evaluate_dataset(dataset, probs_fn: ProbsFn, num_classes: int, runtime: Runtime, *,
+                     batch_size: int = 4, workers: int = 2, save_pred_dir: str | Path | None = None,
+                     class_names: Sequence[str] | None = None, max_images: int | None = None,
+                     progress: bool = True) -> dict:
+    """Score `probs_fn` on `dataset` (eval transforms applied); with `save_pred_dir`, write
+    `<id>.png` palette predictions. Under torchrun each rank takes a share and matrices are summed."""
+    if max_images is not None and max_images < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(max_images))
+        base = dataset.dataset
+        sizes = image_sizes(base)[:max_images]
+    else:
+        base = dataset
+        sizes = image_sizes(dataset)
+    sampler = SizeGroupedBatchSampler(sizes, batch_size, runtime.rank, runtime.world_size)
+    loader = DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=workers,
+                        pin_memory=runtime.device.type == "cuda", persistent_workers=False)
+    confusion = ConfusionMatrix(num_classes, device=runtime.device)
+    if save_pred_dir is not None:
+        save_pred_dir = Path(save_pred_dir)
+        save_pred_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(loader, desc="evaluate", unit="batch", disable=not (progress and runtime.is_main), leave=False)
+    for images, masks, indices in bar:
+        probs = probs_fn(images, indices.tolist())
+        pred = probs.argmax(dim=1)
+        confusion.update(pred, masks.to(pred.device))
+        if save_pred_dir is not None:
+            for label, index in zip(pred.cpu().numpy().astype(np.uint8), indices.tolist()):
+                save_label_png(save_pred_dir / f"{base.ids[index]}.png", label)
+    confusion.all_reduce()
+    return confusion.compute(class_names)
+
+
+def evaluate_model(model: nn.Module, dataset, runtime: Runtime, *, flip: bool = False,
+                   scales: Sequence[float] = (1.0,), **kwargs) -> dict:
+    """`evaluate_dataset` for one model's whole-image predictions (eval mode, inference_mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate_dataset(
+            dataset, lambda images, _: predict_probs(model, images, runtime, flip=flip, scales=scales),
+            model.num_classes, runtime, **kwargs,
+        )
+    finally:
+        model.train(was_training)

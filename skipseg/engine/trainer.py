@@ -1,0 +1,223 @@
+"""The training loop shared by every model: exact resume, bf16/channels_last fast path, DDP.
+
+Exact resume without RNG snapshots: the data order and each sample's augmentation are pure functions
+of (seed, step) (see `sampling`), and the model's own randomness (dropout) is reseeded at every step
+from (seed, step, rank). A run stopped at any step and resumed therefore replays the same batches
+and the same dropout masks as one that never stopped, with any number of loader workers.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from skipseg.config import Config, config_to_dict, save_run_config
+from skipseg.data.palette import IGNORE_INDEX
+from skipseg.data.transforms import eval_transforms, train_transforms
+from skipseg.data.voc import open_dataset
+from skipseg.engine.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from skipseg.engine.evaluator import evaluate_model
+from skipseg.engine.logbook import Logbook
+from skipseg.engine.optim import build_optimizer, build_scheduler
+from skipseg.engine.runtime import Runtime, all_reduce_sum, make_runtime
+from skipseg.engine.sampling import ResumableBatchSampler, SeededView
+from skipseg.errors import SkipsegError
+from skipseg.inference.predictor import model_options
+
+StepCallback = Callable[["Trainer", int, float], None]
+
+
+class Trainer:
+    """Train `config` into `run_dir`; `resume=True` continues from `run_dir/checkpoints/last.pt`."""
+
+    def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                 callbacks: tuple[StepCallback, ...] = ()) -> None:
+        from skipseg.models import build_model
+
+        self.config, self.run_dir, self.progress, self.callbacks = config, Path(run_dir), progress, callbacks
+        self.stop_requested = False
+        cfg = config.train
+        self.runtime: Runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
+        last = self.run_dir / CHECKPOINT_DIR / "last.pt"
+        if not resume and last.exists():
+            raise SkipsegError(f"{self.run_dir}: already holds a run; resume it with --resume {self.run_dir} "
+                               "or choose another --out")
+        self.train_set = open_dataset(config.data.root, config.data.train_split, sbd_root=config.data.sbd_root,
+                                      transforms=train_transforms(config.data.crop_size,
+                                                                  (config.data.scale_min, config.data.scale_max),
+                                                                  flip=config.data.flip, resize=config.data.resize))
+        self.val_set = open_dataset(config.data.val_root or config.data.root, config.data.val_split, sbd_root=config.data.sbd_root,
+                                    transforms=eval_transforms())
+        if self.train_set.num_classes != config.model.num_classes:
+            raise SkipsegError(f"model.num_classes: {config.model.num_classes}, but {config.data.root} has "
+                               f"{self.train_set.num_classes} classes ({', '.join(self.train_set.class_names[:5])}, …)")
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
+        self.model = self.runtime.prepare_model(build_model(config.model.name, **model_options(config)))
+        self.net: nn.Module = self.model
+        if self.runtime.distributed:
+            device_ids = [self.runtime.device] if self.runtime.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.total_steps = self._total_steps()
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.scaler = torch.amp.GradScaler(enabled=self.runtime.amp_dtype == torch.float16)
+        self.step, self.best_miou = 0, -1.0
+        if resume:
+            self._restore(load_checkpoint(last))
+        if self.runtime.is_main:
+            save_run_config(self.run_dir, config)
+        self.logbook = Logbook(self.run_dir, resume_step=self.step if resume else None) if self.runtime.is_main else None
+
+    def _total_steps(self) -> int:
+        cfg = self.config.train
+        if cfg.epochs is None:
+            return cfg.iterations
+        per_step = cfg.batch_size * cfg.accumulate * self.runtime.world_size
+        return max(1, math.ceil(cfg.epochs * len(self.train_set) / per_step))
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best_miou = state["step"], state["best_miou"]
+
+    def _state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step, "best_miou": self.best_miou, "config": config_to_dict(self.config)}
+
+    def save(self, name: str = "last.pt") -> None:
+        if self.runtime.is_main:
+            save_checkpoint(self.run_dir / CHECKPOINT_DIR / name, self._state())
+
+    def request_stop(self) -> None:
+        """Finish the current step, save `last.pt` and return (what SIGINT/SIGTERM do)."""
+        self.stop_requested = True
+
+    def _loader(self) -> DataLoader:
+        cfg, data = self.config.train, self.config.data
+        sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, self.total_steps * cfg.accumulate,
+                                        cfg.seed, self.step * cfg.accumulate, self.runtime.rank,
+                                        self.runtime.world_size)
+        return DataLoader(SeededView(self.train_set), batch_sampler=sampler, num_workers=data.workers,
+                          pin_memory=self.runtime.device.type == "cuda", persistent_workers=False)
+
+    def _train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """One optimiser step over `accumulate` micro-batches; returns the step's loss.
+
+        The loss is normalised by the valid pixels of the whole global step (all micro-batches, all
+        ranks), so accumulation and DDP give exactly the gradient of the large batch they stand for.
+        """
+        cfg, rt = self.config.train, self.runtime
+        masks = [m.to(rt.device, non_blocking=True) for _, m in batches]
+        valid = all_reduce_sum(torch.tensor(float(sum(int((m != IGNORE_INDEX).sum()) for m in masks)),
+                                            device=rt.device))
+        denominator = valid.clamp(min=1.0) if cfg.loss_reduction == "mean" else torch.ones((), device=rt.device)
+        total = torch.zeros((), device=rt.device)
+        for index, ((images, _), target) in enumerate(zip(batches, masks)):
+            last = index == len(batches) - 1
+            sync = self.net.no_sync() if rt.distributed and not last else contextlib.nullcontext()
+            with sync:
+                with rt.autocast():
+                    logits = self.net(rt.to_input(images))  # [N, C, H, W]
+                loss_sum = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+                # × world size: DDP averages gradients over ranks, the loss here is a sum over them.
+                self.scaler.scale(loss_sum / denominator * rt.world_size).backward()
+            total += loss_sum.detach()
+        loss = (all_reduce_sum(total) / denominator).item()
+        if not math.isfinite(loss):
+            raise SkipsegError(f"{self.run_dir}: loss became {loss} at iteration {self.step + 1}; stopped. "
+                               f"The last good checkpoint is {self.run_dir / CHECKPOINT_DIR / 'last.pt'} "
+                               "(lower train.lr or check the data)")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return loss
+
+    def validate(self) -> dict:
+        data = self.config.data
+        scores = evaluate_model(self.model, self.val_set, self.runtime, batch_size=self.config.train.batch_size,
+                                workers=data.workers, class_names=self.val_set.class_names,
+                                max_images=self.config.train.max_val_images, progress=self.progress)
+        if self.logbook is not None:
+            self.logbook.log(self.step, "val", **{k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")})
+        return scores
+
+    def run(self) -> dict:
+        """Train to the last step (or a stop request); returns {step, loss, best_miou, stopped}."""
+        cfg = self.config.train
+        handlers = _install_stop_handlers(self.request_stop)
+        self.net.train()
+        loader = iter(self._loader())
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.config.model.name}",
+                   unit="it", disable=not (self.progress and self.runtime.is_main), dynamic_ncols=True)
+        window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+        loss = float("nan")
+        try:
+            while self.step < self.total_steps and not self.stop_requested:
+                torch.manual_seed(hash((cfg.seed, self.step, self.runtime.rank)) % (2**63))
+                batches = [next(loader) for _ in range(cfg.accumulate)]
+                loss = self._train_step(batches)
+                self.step += 1
+                images = sum(b[0].shape[0] for b in batches) * self.runtime.world_size
+                window_loss, window_images = window_loss + loss, window_images + images
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    steps = self.step % cfg.log_every or cfg.log_every
+                    rate = window_images / max(elapsed, 1e-9)
+                    if self.logbook is not None:
+                        self.logbook.log(self.step, "train", loss=window_loss / steps,
+                                         lr=self.scheduler.get_last_lr()[0], images_per_s=rate)
+                    bar.set_postfix(loss=f"{window_loss / steps:.4f}", img_s=f"{rate:.1f}")
+                    window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+                bar.update(1)
+                for callback in self.callbacks:
+                    callback(self, self.step, loss)
+                if self.step % cfg.val_every == 0 or self.step == self.total_steps:
+                    miou = self.validate()["mean_iou"] or 0.0
+                    if miou > self.best_miou:
+                        self.best_miou = miou
+                        self.save("best.pt")
+                    self.net.train()
+                if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                    self.save("last.pt")
+            if self.stop_requested:
+                self.save("last.pt")
+        finally:
+            bar.close()
+            _restore_handlers(handlers)
+            if self.logbook is not None:
+                self.logbook.close()
+        return {"step": self.step, "loss": loss, "best_miou": self.best_miou, "stopped": self.stop_requested}
+
+
+def _install_stop_handlers(request_stop: Callable[[], None]) -> dict:
+    """First SIGINT/SIGTERM asks for a clean stop after the current step; a second one interrupts."""
+    previous = {}
+
+    def handler(signum, frame):
+        request_stop()
+        signal.signal(signum, previous.get(signum, signal.SIG_DFL))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    return previous
+
+
+def _restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

@@ -1,0 +1,107 @@
+"""Whole-image prediction: probability maps with optional flip and multi-scale averaging."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skipseg.config import Config, config_from_dict
+from skipseg.engine.checkpoint import load_checkpoint
+from skipseg.engine.runtime import Runtime
+
+
+def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,
+                  flip: bool = False, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """Class probabilities `[N, C, H, W]` (float32, on the runtime's device) for a normalised batch.
+
+    Each scale s runs the model on the batch resized by s; its logits are resized back to (H, W)
+    and turned into probabilities; with `flip` the mirrored batch is added. The result is the mean
+    over all of these (the usual test-time augmentation: averaging probabilities, not logits).
+    """
+    images = runtime.to_input(images)
+    height, width = images.shape[-2:]
+    total: torch.Tensor | None = None
+    count = 0
+    with torch.inference_mode(), runtime.autocast():
+        for scale in scales:
+            scaled = images
+            if scale != 1.0:
+                size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            views = [(scaled, False)] + ([(scaled.flip(-1), True)] if flip else [])
+            for view, flipped in views:
+                logits = model(view).float()  # [N, C, h, w]
+                if flipped:
+                    logits = logits.flip(-1)
+                if logits.shape[-2:] != (height, width):
+                    logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+                probs = logits.softmax(dim=1)
+                total = probs if total is None else total + probs
+                count += 1
+    assert total is not None
+    return total / count
+
+
+def model_from_checkpoint(run_or_checkpoint: str | Path, runtime: Runtime | None = None,
+                          prefer: str = "best") -> tuple[nn.Module, Config, dict[str, Any]]:
+    """Rebuild a trained model from a run folder or checkpoint file, in eval mode.
+
+    Weights come from the checkpoint, so ImageNet/init options of the original config are dropped.
+    """
+    from skipseg.models import build_model
+
+    state = load_checkpoint(run_or_checkpoint, prefer)
+    config = config_from_dict(state["config"])
+    model = build_model(config.model.name, **model_options(config, with_init=False))
+    model.load_state_dict(state["model"])
+    model.eval()
+    if runtime is not None:
+        model = runtime.prepare_model(model)
+    return model, config, state
+
+
+def model_options(config: Config, with_init: bool = True) -> dict[str, Any]:
+    """The keyword options `build_model` gets from `config.model` (unset model-specific ones left out)."""
+    options: dict[str, Any] = {"num_classes": config.model.num_classes, "width": config.model.width}
+    if with_init:
+        for key in ("pretrained", "weights", "init_from"):
+            value = getattr(config.model, key)
+            if value is not None:
+                options[key] = value
+    skip = {"name", "num_classes", "width", "pretrained", "weights", "init_from"}
+    for key, value in vars(config.model).items():
+        if key not in skip and value is not None:
+            options[key] = value
+    return options
+
+
+def load_image_tensor(path: str | Path) -> torch.Tensor:
+    """An image file as a normalised `[3, H, W]` float tensor (any PIL mode converted to RGB)."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2 import functional as TF
+
+    from skipseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from skipseg.errors import SkipsegError
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise SkipsegError(f"{path}: not a readable image ({exc})") from None
+    tensor = TF.to_dtype(TF.to_image(rgb), torch.float32, scale=True)
+    return TF.normalize(tensor, list(IMAGENET_MEAN), list(IMAGENET_STD))
+
+
+def overlay(image: "np.ndarray", label: "np.ndarray", alpha: float = 0.5) -> "np.ndarray":
+    """Blend the VOC colours of `label` over an `(H, W, 3)` uint8 image (background left as is)."""
+    import numpy as np
+
+    from skipseg.data.palette import colorize
+
+    blended = image.astype(np.float32)
+    mask = (label != 0) & (label != 255)
+    blended[mask] = (1 - alpha) * blended[mask] + alpha * colorize(label)[mask]
+    return blended.round().astype(np.uint8)
