@@ -1,0 +1,85 @@
+"""`skipseg data shapes` (write the generated dataset) and `skipseg data check` (find broken files)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from skipseg.errors import SkipsegError
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="generate the shapes dataset or check a dataset")
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    actions.required = True
+
+    shapes = actions.add_parser(
+        "shapes", help="write the procedural shapes dataset (VOC layout) to OUT, deterministic by seed"
+    )
+    shapes.add_argument("out", metavar="OUT", type=Path, help="output folder")
+    shapes.add_argument("--train", type=_count, default=200, help="training images (default 200)")
+    shapes.add_argument("--val", type=_count, default=50, help="validation images (default 50)")
+    shapes.add_argument("--size", type=_positive, default=128, help="image side in pixels (default 128)")
+    shapes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    shapes.add_argument("--workers", type=_count, default=0, help="worker processes (default 0: in-process)")
+    shapes.set_defaults(func=run_shapes)
+
+    check = actions.add_parser(
+        "check",
+        help="decode every file of a dataset and report each problem; exit code 1 if there is any",
+    )
+    check.add_argument("root", metavar="ROOT", type=Path, help="VOC-layout folder, VOCdevkit, or SBD")
+    check.add_argument("--split", help="one split (default: every split listed); train_aug needs --sbd-root")
+    check.add_argument("--sbd-root", type=Path, help="SBD folder (benchmark_RELEASE) for train_aug")
+    check.add_argument(
+        "--num-classes", type=_positive, help="labels must be < N or 255 (default: the dataset's classes)"
+    )
+    check.set_defaults(func=run_check)
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from skipseg.data.shapes import format_summary, generate_shapes  # heavy; only when asked
+
+    summary = generate_shapes(
+        args.out,
+        train=args.train,
+        val=args.val,
+        size=args.size,
+        seed=args.seed,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    print(format_summary(summary))
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from skipseg.data.check import check_dataset
+
+    if args.num_classes is not None and args.num_classes > 255:
+        raise SkipsegError(f"--num-classes {args.num_classes}: at most 255 (255 is the void label)")
+    problems = check_dataset(
+        args.root, split=args.split, sbd_root=args.sbd_root, num_classes=args.num_classes
+    )
+    for problem in problems:
+        print(problem)
+    if problems:
+        files = len({p.path for p in problems})
+        print(f"{len(problems)} problem{'s' * (len(problems) != 1)} in {files} file{'s' * (files != 1)}")
+        return 1
+    print("no problems found")
+    return 0
