@@ -1,0 +1,62 @@
+"""`skipseg models`: list the registry; `skipseg models describe NAME [key=value ...]`: introspect."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import yaml
+
+from skipseg.errors import SkipsegError
+
+
+def parse_options(items: list[str]) -> dict:
+    """`["width=0.25", "num_classes=5"]` → `{"width": 0.25, "num_classes": 5}` (values read as YAML)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SkipsegError(f"model option {item!r} is not of the form key=value")
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SkipsegError(f"model option {item!r}: unreadable value ({exc})") from None
+    return options
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from skipseg.models.registry import list_models
+
+    models = list_models()
+    width = max(map(len, models), default=0)
+    for name, description in models.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    from skipseg.models.describe import describe_model, format_description
+
+    info = describe_model(args.name, size=tuple(args.size), **parse_options(args.options))
+    print(json.dumps(info, indent=2) if args.json else format_description(info))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models", help="list the models; describe one", description="List the registered models (name and description)."
+    )
+    parser.set_defaults(func=run_list)
+    sub = parser.add_subparsers(dest="models_command", metavar="{describe}")
+    describe = sub.add_parser(
+        "describe",
+        help="parameters, output shape and backbone taps of a model",
+        description="Build a model and report its parameter count, output shape and every backbone tap "
+        "(name, channels, stride, spatial shape) at the given input size.",
+    )
+    describe.add_argument("name", help="model name (see `skipseg models`)")
+    describe.add_argument("options", nargs="*", metavar="key=value",
+                          help="model options, values read as YAML (e.g. width=0.25 num_classes=5)")
+    describe.add_argument("--size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"),
+                          help="input height and width (default 224 224)")
+    describe.add_argument("--json", action="store_true", help="print JSON")
+    describe.set_defaults(func=run_describe)

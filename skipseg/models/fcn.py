@@ -1,0 +1,148 @@
+"""Fully convolutional networks (Long, Shelhamer, Darrell 2015): FCN-32s/16s/8s on VGG16 and
+FCN-32s on AlexNet and GoogLeNet, as backbone (named taps) + an FCN head.
+
+Layer names follow the reference (`score_fr`, `score_pool4`, `upscore2`, `upscore_pool4`,
+`upscore8`, ...) so that staged training copies FCN-32s → FCN-16s → FCN-8s by name. How the score
+maps are kept aligned with the input is explained in `upsample.py`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from skipseg.models.backbones import AlexNetBackbone, Backbone, GoogLeNetBackbone, VGG16Backbone
+from skipseg.models.geometry import Grid
+from skipseg.models.init import initialize
+from skipseg.models.registry import register_model
+from skipseg.models.upsample import BilinearUpsample, cell_shift, crop, fuse
+
+
+def _score(in_channels: int, num_classes: int) -> nn.Conv2d:
+    # Zero-initialised as in the reference (Caffe's default filler): random init neither helped
+    # there nor is needed, and a zero skip score leaves the coarser net's output unchanged at first.
+    conv = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class FCN(nn.Module):
+    """Score the top tap, then for each skip tap (coarse to fine): upsample the running score to
+    the skip's stride, add the skip's score; finally upsample to the input and crop to it.
+
+    Args:
+        backbone: a `Backbone`; `top` and `skips` name its taps.
+        skip_scales: multiply each skip's features before scoring (FCN-8s at-once: 0.01, 0.0001).
+        learnable_upsampling: train the transposed convs (bilinear init either way).
+        edge_pad: cells of edge replication before each upsampling (0 in the reference layout).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        top: str,
+        skips: Sequence[str] = (),
+        skip_scales: Sequence[float] | None = None,
+        learnable_upsampling: bool = False,
+        edge_pad: int = 1,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.num_classes, self.top = backbone, num_classes, top
+        info = backbone.tap(top)
+        self.score_fr = _score(info.channels, num_classes)
+        scales = tuple(skip_scales) if skip_scales is not None else (1.0,) * len(skips)
+        # The plan: (upsampler name, skip tap, skip scale, cell shift of the fusion). All grids are
+        # fixed by the layers, so every crop offset is known here, before any input is seen.
+        self.stages: list[tuple[str, str, float, int]] = []
+        grid: Grid = info.grid
+        for i, (tap, scale) in enumerate(zip(skips, scales)):
+            skip = backbone.tap(tap)
+            factor = info.stride // skip.stride
+            name = f"upscore{factor}" if i == 0 else f"upscore_{skips[i - 1]}"
+            up = BilinearUpsample(num_classes, factor, learnable_upsampling, edge_pad)
+            setattr(self, name, up)
+            setattr(self, f"score_{tap}", _score(skip.channels, num_classes))
+            grid = up.output_grid(grid)
+            shift = cell_shift(grid, skip.grid)
+            self.stages.append((name, tap, scale, shift))
+            grid = Grid(grid.stride, grid.offset + max(shift, 0) * grid.stride)  # the fused cells
+            info = skip
+        self.final = f"upscore{info.stride}" if skips else "upscore"
+        up = BilinearUpsample(num_classes, info.stride, learnable_upsampling, edge_pad)
+        setattr(self, self.final, up)
+        self.crop_start = cell_shift(up.output_grid(grid), Grid(1, 0.0))
+
+    @property
+    def crop_offsets(self) -> tuple[int, ...]:
+        """Each fusion's shift (index in the upsampled map of the skip's cell 0; negative: the skip
+        map is cropped instead) and the final crop, e.g. (-5, -9, 31) for the reference FCN-8s."""
+        return tuple(s[3] for s in self.stages) + (self.crop_start,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        taps = self.backbone(x)  # {name: [N, C_tap, H / stride, W / stride] (about)}
+        score = self.score_fr(taps[self.top])  # [N, K, h_top, w_top]
+        for up_name, tap, scale, shift in self.stages:
+            feat = taps[tap] * scale if scale != 1.0 else taps[tap]
+            # [N, K, 2 h, 2 w] (plus edges) + [N, K, h_tap, w_tap] -> the cells both cover
+            score = fuse(getattr(self, up_name)(score), getattr(self, f"score_{tap}")(feat), shift)
+        score = getattr(self, self.final)(score)  # [N, K, >= H, >= W]
+        return crop(score, self.crop_start, (size[0], size[1]))  # [N, K, H, W]
+
+
+def _vgg_fcn(skips, scales, num_classes, width, pretrained, weights, init_from, learnable_upsampling,
+             original_padding) -> FCN:
+    backbone = VGG16Backbone(width, original_padding=original_padding)
+    model = FCN(backbone, num_classes, "fc7", skips, scales, learnable_upsampling,
+                edge_pad=0 if original_padding else 1)
+    initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
+    return model
+
+
+@register_model("fcn32s", "FCN-32s, VGG16: fc7 scores upsampled x32 (Long et al. 2015)")
+def fcn32s(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
+           init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False) -> FCN:
+    return _vgg_fcn((), None, num_classes, width, pretrained, weights, init_from, learnable_upsampling,
+                    original_padding)
+
+
+@register_model("fcn16s", "FCN-16s, VGG16: FCN-32s + pool4 scores, upsampled x16")
+def fcn16s(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
+           init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False) -> FCN:
+    return _vgg_fcn(("pool4",), None, num_classes, width, pretrained, weights, init_from,
+                    learnable_upsampling, original_padding)
+
+
+@register_model("fcn8s", "FCN-8s, VGG16: FCN-16s + pool3 scores, upsampled x8")
+def fcn8s(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
+          init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False) -> FCN:
+    return _vgg_fcn(("pool4", "pool3"), None, num_classes, width, pretrained, weights, init_from,
+                    learnable_upsampling, original_padding)
+
+
+@register_model("fcn8s_atonce", "FCN-8s trained at once: pool4 scaled by 0.01, pool3 by 0.0001 before scoring")
+def fcn8s_atonce(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None,
+                 weights: str | None = None, init_from: str | None = None, learnable_upsampling: bool = False,
+                 original_padding: bool = False) -> FCN:
+    return _vgg_fcn(("pool4", "pool3"), (0.01, 0.0001), num_classes, width, pretrained, weights, init_from,
+                    learnable_upsampling, original_padding)
+
+
+@register_model("fcn32s_alexnet", "FCN-32s on AlexNet: fc6 6x6 and fc7 as convolutions, upsampled x32")
+def fcn32s_alexnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None,
+                   weights: str | None = None, init_from: str | None = None,
+                   learnable_upsampling: bool = False) -> FCN:
+    model = FCN(AlexNetBackbone(width), num_classes, "fc7", learnable_upsampling=learnable_upsampling)
+    initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
+    return model
+
+
+@register_model("fcn32s_googlenet", "FCN-32s on GoogLeNet: last inception output (stride 32) scored, upsampled x32")
+def fcn32s_googlenet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None,
+                     weights: str | None = None, init_from: str | None = None,
+                     learnable_upsampling: bool = False) -> FCN:
+    model = FCN(GoogLeNetBackbone(width), num_classes, "inception5b", learnable_upsampling=learnable_upsampling)
+    initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
+    return model

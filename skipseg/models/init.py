@@ -1,0 +1,200 @@
+"""Initialisation: ImageNet weights (torchvision's weights API or a torchvision-format file), the
+fully-connected → convolution "surgery", and staged init from a trained model (FCN-32s → 16s → 8s).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor, nn
+
+from skipseg.errors import SkipsegError
+
+logger = logging.getLogger(__name__)
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def fc_to_conv(weight: Tensor, kernel: int) -> Tensor:
+    """A Linear weight `[out, C*k*k]` as a conv weight `[out, C, k, k]`.
+
+    torchvision's VGG/AlexNet flatten the last feature map as (C, H, W) in `torch.flatten(x, 1)`, so
+    a plain reshape lines every input up with the same channel and position: the conv applied to a
+    k×k map (unpadded) equals the Linear layer applied to that map flattened.
+    """
+    out, n = weight.shape
+    if n % (kernel * kernel):
+        raise SkipsegError(f"a Linear layer with {n} inputs cannot become a {kernel}x{kernel} convolution")
+    return weight.reshape(out, n // (kernel * kernel), kernel, kernel)
+
+
+def torchvision_to_backbone(backbone: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A torchvision classifier's state_dict with keys and shapes of `backbone` (the surgery)."""
+    fc = {src: (dst, k) for dst, (src, k) in backbone.torchvision_fc.items()}
+    out: dict[str, Tensor] = {}
+    for key, tensor in state.items():
+        if key.startswith(backbone.torchvision_ignore):
+            continue
+        prefix, _, leaf = key.rpartition(".")
+        if prefix in fc:
+            dst, kernel = fc[prefix]
+            tensor = fc_to_conv(tensor, kernel) if leaf == "weight" else tensor
+            key = f"{dst}.{leaf}"
+        out[key] = tensor
+    return out
+
+
+def load_exactly(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load every tensor of `module` from `state`; a missing, extra or misshapen key is an error
+    naming it. (BatchNorm's `num_batches_tracked` may be missing: older files lack it.)"""
+    target = module.state_dict()
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in target]
+    if missing or unexpected:
+        raise SkipsegError(
+            f"{source}: does not match the model: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(target[key].shape):
+            raise SkipsegError(
+                f"{source}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(target[key].shape)} "
+                "(built with another width?)"
+            )
+    module.load_state_dict(state, strict=False)
+
+
+def hub_cache_path(weights_name: str) -> Path:
+    """Where torchvision's weights API caches `weights_name` (e.g. "VGG16_Weights.IMAGENET1K_V1")."""
+    from torchvision.models import get_weight
+
+    url = get_weight(weights_name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def imagenet_state_dict(weights_name: str, progress: bool = True) -> dict[str, Tensor]:
+    """torchvision's ImageNet state_dict from the hub cache, downloading it if it is not there."""
+    from torchvision.models import get_weight
+
+    weights = get_weight(weights_name)
+    path = hub_cache_path(weights_name)
+    cached = path.is_file()
+    try:
+        return weights.get_state_dict(progress=progress)
+    except Exception as exc:  # URLError, HTTPError, OSError, a corrupt file: all end the same way
+        if cached:
+            raise SkipsegError(f"{path}: cached {weights_name} weights are unreadable ({exc}); delete it") from None
+        raise SkipsegError(
+            f"ImageNet weights {weights_name} are not cached at {path} and could not be downloaded "
+            f"({type(exc).__name__}: {exc}); put the file {path.name} (from {weights.url}) there, "
+            "or pass weights=FILE with a torchvision-format state_dict"
+        ) from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A torchvision-format state_dict file (e.g. `torch.save(torchvision.models.vgg16().state_dict())`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SkipsegError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SkipsegError(f"{path}: not a readable state_dict ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise SkipsegError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
+    return dict(state)
+
+
+def _strip_wrappers(key: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def _layers(keys: list[str]) -> str:
+    """`backbone.features.0.weight, score_fr.bias, …` → "backbone (30 tensors), score_fr (2 tensors)"."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        top = key.split(".", 1)[0]
+        counts[top] = counts.get(top, 0) + 1
+    return ", ".join(f"{name} ({n} tensor{'s' * (n != 1)})" for name, n in counts.items()) or "nothing"
+
+
+def init_from_checkpoint(model: nn.Module, run_or_checkpoint: str | Path) -> dict[str, list[str]]:
+    """Copy every tensor whose name and shape match from a trained model (staged training).
+
+    Layers that the source lacks (FCN-16s's score_pool4 when starting from an FCN-32s) keep their
+    initial values (zero for score layers, bilinear for upsampling). A layer present in both with a
+    different shape (another width or num_classes) is an error naming it. Returns
+    `{"copied", "kept", "ignored"}` key lists, also logged.
+    """
+    from skipseg.engine.checkpoint import load_checkpoint, resolve_checkpoint
+
+    source = resolve_checkpoint(run_or_checkpoint)
+    state = {_strip_wrappers(k): v for k, v in load_checkpoint(source)["model"].items()}
+    target = model.state_dict()
+    copied, kept = [], []
+    for key, tensor in target.items():
+        if key not in state:
+            kept.append(key)
+        elif tuple(state[key].shape) != tuple(tensor.shape):
+            raise SkipsegError(
+                f"{source}: {key} has shape {tuple(state[key].shape)} there but {tuple(tensor.shape)} in "
+                "this model (built with another width or num_classes?)"
+            )
+        else:
+            copied.append(key)
+    ignored = [k for k in state if k not in target]
+    if not copied:
+        raise SkipsegError(f"{source}: no layer matches this model by name (is it a model of another family?)")
+    model.load_state_dict({k: state[k] for k in copied}, strict=False)
+    logger.info("init_from %s: copied %s", source, _layers(copied))
+    logger.info("init_from %s: kept initial values of %s", source, _layers(kept))
+    logger.info("init_from %s: not used from the checkpoint: %s", source, _layers(ignored))
+    return {"copied": copied, "kept": kept, "ignored": ignored}
+
+
+def initialize(
+    model: nn.Module,
+    *,
+    width: float,
+    pretrained: str | None = None,
+    weights: str | Path | None = None,
+    init_from: str | Path | None = None,
+) -> dict[str, Any] | None:
+    """Apply the common init options of every builder to `model` (with `model.backbone`).
+
+    `pretrained="imagenet"` (width 1.0 only) and `weights=FILE` load a torchvision classifier into
+    the backbone; `init_from` copies from a trained model and supersedes both (the backbone comes
+    from the checkpoint anyway).
+    """
+    if pretrained and weights:
+        raise SkipsegError("give either pretrained=imagenet or weights=FILE, not both")
+    if init_from is not None:
+        if pretrained or weights:
+            logger.info("init_from %s: not loading ImageNet weights, the checkpoint supplies the backbone", init_from)
+        return init_from_checkpoint(model, init_from)
+    backbone = model.backbone
+    if pretrained:
+        if pretrained != "imagenet":
+            raise SkipsegError(f"pretrained={pretrained!r}: the only pretrained weights are 'imagenet'")
+        if backbone.torchvision_weights is None:
+            raise SkipsegError(f"{type(backbone).__name__} has no ImageNet weights")
+        if width != 1.0:
+            raise SkipsegError(f"pretrained=imagenet needs width=1.0 (the ImageNet network), got width={width}")
+        state = imagenet_state_dict(backbone.torchvision_weights)
+        load_exactly(backbone, torchvision_to_backbone(backbone, state), backbone.torchvision_weights)
+        logger.info("backbone initialised from %s", backbone.torchvision_weights)
+    elif weights is not None:
+        state = read_state_dict(weights)
+        load_exactly(backbone, torchvision_to_backbone(backbone, state), str(weights))
+        logger.info("backbone initialised from %s", weights)
+    return None

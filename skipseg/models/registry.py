@@ -1,0 +1,108 @@
+"""The model registry: a plain dict name → builder function, filled by `@register_model`.
+
+Every builder takes `num_classes=21, width=1.0, pretrained=None, weights=None, init_from=None`
+plus options of its own (keyword arguments with defaults), and returns a module whose forward maps
+`x [N,3,H,W]` (ImageNet-normalised RGB) to logits `[N,num_classes,H,W]`, with attributes
+`num_classes` and `backbone` (a `backbones.Backbone`). The builders' signatures are the options:
+`build_model` checks names and simple types against them, so errors list what is valid.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from skipseg.errors import SkipsegError
+
+# Modules whose import registers models; a new family of models adds its module here.
+MODEL_MODULES = ("skipseg.models.fcn",)
+
+COMMON_OPTIONS = ("num_classes", "width", "pretrained", "weights", "init_from")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str) -> Callable:
+    """Decorator: register `builder` under `name` with a one-line description."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS and MODELS[name].builder is not builder:
+            raise ValueError(f"model {name!r} is registered twice")
+        missing = [o for o in COMMON_OPTIONS if o not in inspect.signature(builder).parameters]
+        if missing:
+            raise TypeError(f"builder of {name!r} lacks the common options {missing}")
+        MODELS[name] = ModelEntry(name, builder, description)
+        return builder
+
+    return decorate
+
+
+def _load() -> dict[str, ModelEntry]:
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
+    return MODELS
+
+
+def list_models() -> dict[str, str]:
+    """`{name: one-line description}` of every registered model, in registration order."""
+    return {name: entry.description for name, entry in _load().items()}
+
+
+def get_entry(name: str) -> ModelEntry:
+    models = _load()
+    if name not in models:
+        raise SkipsegError(f"unknown model {name!r}; valid models: {', '.join(models)}")
+    return models[name]
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """`{option: default}` for a model (its builder's keyword arguments)."""
+    params = inspect.signature(get_entry(name).builder).parameters
+    return {key: p.default for key, p in params.items()}
+
+
+def _check_value(model: str, key: str, value: Any, default: Any) -> None:
+    def bad(expected: str) -> SkipsegError:
+        return SkipsegError(f"model {model!r}: option {key}={value!r} is invalid, expected {expected}")
+
+    if key == "num_classes":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad("an integer >= 1")
+    elif key == "width":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise bad("a number > 0")
+    elif key == "pretrained":
+        if value not in (None, False, "imagenet"):
+            raise bad("'imagenet' or null")
+    elif key in ("weights", "init_from"):
+        if value is not None and not isinstance(value, (str, Path)):
+            raise bad("a file path or null")
+    elif isinstance(default, bool) and not isinstance(value, bool):
+        raise bad("true or false")
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise `SkipsegError` for an unknown model, an unknown option or an ill-typed value."""
+    defaults = model_options(name)
+    for key, value in options.items():
+        if key not in defaults:
+            raise SkipsegError(f"model {name!r} has no option {key!r}; valid options: {', '.join(defaults)}")
+        _check_value(name, key, value, defaults[key])
+
+
+def build_model(name: str, **options: Any) -> nn.Module:
+    """Build a registered model; unknown names and options are `SkipsegError`s listing valid ones."""
+    check_options(name, options)
+    return get_entry(name).builder(**options)
