@@ -52,8 +52,7 @@ class Trainer:
             raise SkipsegError(f"{self.run_dir}: already holds a run; resume it with --resume {self.run_dir} "
                                "or choose another --out")
         self.train_set = open_dataset(config.data.root, config.data.train_split, sbd_root=config.data.sbd_root,
-                                      transforms=train_transforms(config.data.crop_size,
-                                                                  (config.data.scale_min, config.data.scale_max),
+                                      transforms=train_transforms(config.data.crop_size, _scale_range(config),
                                                                   flip=config.data.flip, resize=config.data.resize))
         self.val_set = open_dataset(config.data.val_root or config.data.root, config.data.val_split, sbd_root=config.data.sbd_root,
                                     transforms=eval_transforms())
@@ -200,6 +199,11 @@ class Trainer:
             if self.logbook is not None:
                 self.logbook.close()
         return {"step": self.step, "loss": loss, "best_miou": self.best_miou, "stopped": self.stop_requested}
+
+
+def _scale_range(config: Config) -> tuple[float, float] | None:
+    scales = (config.data.scale_min, config.data.scale_max)
+    return None if scales == (1.0, 1.0) else scales
 
 
 def _install_stop_handlers(request_stop: Callable[[], None]) -> dict:
