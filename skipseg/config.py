@@ -32,6 +32,7 @@ class ModelConfig:
     # Model-specific options: None = the builder's default; passed on only when set.
     learnable_upsampling: bool | None = None
     original_padding: bool | None = None
+    dropout: float | None = None  # fc6/fc7 dropout of the VGG16/AlexNet FCNs (reference: 0.5)
 
 
 @dataclass

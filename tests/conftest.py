@@ -100,3 +100,26 @@ def make_tiny_voc(tmp_path: Path) -> Callable[..., TinyVOC]:
 def tiny_voc(make_tiny_voc) -> TinyVOC:
     """A clean 5-image VOC-layout dataset (train 3, val 2, trainval), 45×61 images, VOC classes."""
     return make_tiny_voc()
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    """A small generated dataset shared by the engine tests (16 train, 4 val, 48 px)."""
+    from skipseg.data.shapes import generate_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, train=16, val=4, size=48, seed=0)
+    return root
+
+
+def tiny_train_config(root: Path, *overrides: str):
+    """A CPU-tiny FCN config on `root`: width 1/16, 32 px crops, no validation until the end."""
+    from skipseg.config import load_config
+
+    base = [
+        f"data.root={root}", "data.crop_size=32", "data.workers=0", "model.name=fcn8s",
+        "model.width=0.0625", "train.batch_size=2", "train.iterations=6", "train.lr=0.05",
+        "train.log_every=1", "train.val_every=100", "train.checkpoint_every=100", "train.precision=fp32",
+        "train.channels_last=false",
+    ]
+    return load_config(None, base + list(overrides))

@@ -8,10 +8,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from skipseg.data.palette import save_label_png
+from skipseg.engine.loading import guarded_batches
 from skipseg.engine.runtime import Runtime
 from skipseg.engine.sampling import SizeGroupedBatchSampler
 from skipseg.inference.predictor import predict_probs
@@ -36,11 +37,16 @@ class _Indexed(Dataset):
 
 
 def image_sizes(dataset) -> list[tuple[int, int]]:
-    """(H, W) of every image from the file headers (no decoding)."""
+    """(H, W) of every image from the file headers (no decoding); an unreadable file is reported
+    by the dataset's own loader, with the message `skipseg data check` gives for it."""
     sizes = []
     for index in range(len(dataset)):
-        with Image.open(dataset.image_path(index)) as image:
-            sizes.append((image.height, image.width))
+        try:
+            with Image.open(dataset.image_path(index)) as image:
+                sizes.append((image.height, image.width))
+        except OSError:
+            dataset.load(index)  # raises the data-check error for this file
+            raise
     return sizes
 
 
@@ -58,13 +64,13 @@ def evaluate_dataset(dataset, probs_fn: ProbsFn, num_classes: int, runtime: Runt
         base = dataset
         sizes = image_sizes(dataset)
     sampler = SizeGroupedBatchSampler(sizes, batch_size, runtime.rank, runtime.world_size)
-    loader = DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=workers,
-                        pin_memory=runtime.device.type == "cuda", persistent_workers=False)
+    loader = guarded_batches(_Indexed(dataset), sampler, workers, pin_memory=runtime.device.type == "cuda")
     confusion = ConfusionMatrix(num_classes, device=runtime.device)
     if save_pred_dir is not None:
         save_pred_dir = Path(save_pred_dir)
         save_pred_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(loader, desc="evaluate", unit="batch", disable=not (progress and runtime.is_main), leave=False)
+    bar = tqdm(loader, desc="evaluate", unit="batch", total=len(sampler),
+               disable=not (progress and runtime.is_main), leave=False)
     for images, masks, indices in bar:
         probs = probs_fn(images, indices.tolist())
         pred = probs.argmax(dim=1)

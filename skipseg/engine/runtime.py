@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -63,8 +64,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 / AMX, Arm BF16).
+
+    Without it oneDNN emulates bf16, and autocast is far slower than fp32: measured on this
+    project's AVX2 EPYC, an FCN-8s forward at 256² took 7.1 s in bf16 against 1.8 s in fp32.
+    """
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """auto = bf16 autocast on CPU (2–5× faster than fp32 here) and on CUDA where supported, else fp16."""
+    """auto = bf16 autocast where the hardware computes bf16 natively (CUDA with bf16 support,
+    CPUs with AVX512-BF16/AMX/Arm BF16), fp16 on older CUDA GPUs, fp32 on other CPUs."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -72,9 +87,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "fp16":
         return torch.float16
     if precision == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     raise SkipsegError(f"train.precision: '{precision}' is not one of auto, fp32, bf16, fp16")
 
 

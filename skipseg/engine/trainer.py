@@ -12,12 +12,11 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from skipseg.config import Config, config_to_dict, save_run_config
@@ -26,6 +25,7 @@ from skipseg.data.transforms import eval_transforms, train_transforms
 from skipseg.data.voc import open_dataset
 from skipseg.engine.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from skipseg.engine.evaluator import evaluate_model
+from skipseg.engine.loading import guarded_batches
 from skipseg.engine.logbook import Logbook
 from skipseg.engine.optim import build_optimizer, build_scheduler
 from skipseg.engine.runtime import Runtime, all_reduce_sum, make_runtime
@@ -103,13 +103,13 @@ class Trainer:
         """Finish the current step, save `last.pt` and return (what SIGINT/SIGTERM do)."""
         self.stop_requested = True
 
-    def _loader(self) -> DataLoader:
-        cfg, data = self.config.train, self.config.data
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cfg = self.config.train
         sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, self.total_steps * cfg.accumulate,
                                         cfg.seed, self.step * cfg.accumulate, self.runtime.rank,
                                         self.runtime.world_size)
-        return DataLoader(SeededView(self.train_set), batch_sampler=sampler, num_workers=data.workers,
-                          pin_memory=self.runtime.device.type == "cuda", persistent_workers=False)
+        return guarded_batches(SeededView(self.train_set), sampler, self.config.data.workers,
+                               pin_memory=self.runtime.device.type == "cuda")
 
     def _train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """One optimiser step over `accumulate` micro-batches; returns the step's loss.
@@ -158,15 +158,16 @@ class Trainer:
         cfg = self.config.train
         handlers = _install_stop_handlers(self.request_stop)
         self.net.train()
-        loader = iter(self._loader())
+        loader = self._batches()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.config.model.name}",
                    unit="it", disable=not (self.progress and self.runtime.is_main), dynamic_ncols=True)
         window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
         loss = float("nan")
         try:
             while self.step < self.total_steps and not self.stop_requested:
-                torch.manual_seed(hash((cfg.seed, self.step, self.runtime.rank)) % (2**63))
                 batches = [next(loader) for _ in range(cfg.accumulate)]
+                # After fetching: DataLoader draws its own seed from this RNG when it starts.
+                torch.manual_seed(hash((cfg.seed, self.step, self.runtime.rank)) % (2**63))
                 loss = self._train_step(batches)
                 self.step += 1
                 images = sum(b[0].shape[0] for b in batches) * self.runtime.world_size
@@ -181,8 +182,6 @@ class Trainer:
                     bar.set_postfix(loss=f"{window_loss / steps:.4f}", img_s=f"{rate:.1f}")
                     window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
                 bar.update(1)
-                for callback in self.callbacks:
-                    callback(self, self.step, loss)
                 if self.step % cfg.val_every == 0 or self.step == self.total_steps:
                     miou = self.validate()["mean_iou"] or 0.0
                     if miou > self.best_miou:
@@ -191,6 +190,8 @@ class Trainer:
                     self.net.train()
                 if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
                     self.save("last.pt")
+                for callback in self.callbacks:  # last: they see the step complete and saved
+                    callback(self, self.step, loss)
             if self.stop_requested:
                 self.save("last.pt")
         finally:

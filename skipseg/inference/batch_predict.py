@@ -8,10 +8,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from skipseg.data.palette import save_label_png
+from skipseg.engine.loading import guarded_batches
 from skipseg.engine.runtime import Runtime
 from skipseg.engine.sampling import SizeGroupedBatchSampler
 from skipseg.errors import SkipsegError
@@ -46,7 +47,7 @@ def predict_files(model: nn.Module, paths: Sequence[Path], out_dir: Path, runtim
         raise SkipsegError(f"{clashes[0]}: several input images share this name; outputs would overwrite each other")
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = SizeGroupedBatchSampler([_size(p) for p in paths], batch_size)
-    loader = DataLoader(_ImageFiles(paths), batch_sampler=sampler, num_workers=workers)
+    loader = guarded_batches(_ImageFiles(paths), sampler, workers)
     written = 0
     with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
         for images, indices in loader:

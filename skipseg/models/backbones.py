@@ -102,8 +102,9 @@ class StagedBackbone(Backbone):
         return taps
 
 
-def _fc_block(cin: int, cout: int, kernel: int, padding: int) -> tuple[nn.Conv2d, nn.ReLU, nn.Dropout]:
-    return nn.Conv2d(cin, cout, kernel, padding=padding), nn.ReLU(inplace=True), nn.Dropout(0.5)
+def _fc_block(cin: int, cout: int, kernel: int, padding: int,
+              dropout: float) -> tuple[nn.Conv2d, nn.ReLU, nn.Dropout]:
+    return nn.Conv2d(cin, cout, kernel, padding=padding), nn.ReLU(inplace=True), nn.Dropout(dropout)
 
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -122,15 +123,15 @@ class VGG16Backbone(StagedBackbone):
     torchvision_fc = {"fc6": ("classifier.0", 7), "fc7": ("classifier.3", 1)}
     torchvision_ignore = ("classifier.6.",)
 
-    def __init__(self, width: float = 1.0, original_padding: bool = False) -> None:
+    def __init__(self, width: float = 1.0, original_padding: bool = False, dropout: float = 0.5) -> None:
         super().__init__()
         cfg = [v if v == "M" else scaled(v, width) for v in VGG16_CFG]
         self.features = make_layers(cfg)
         if original_padding:
             self.features[0].padding = (100, 100)
         c5, cfc = scaled(512, width), scaled(4096, width)
-        self.fc6, self.relu6, self.drop6 = _fc_block(c5, cfc, 7, 0 if original_padding else 3)
-        self.fc7, self.relu7, self.drop7 = _fc_block(cfc, cfc, 1, 0)
+        self.fc6, self.relu6, self.drop6 = _fc_block(c5, cfc, 7, 0 if original_padding else 3, dropout)
+        self.fc7, self.relu7, self.drop7 = _fc_block(cfc, cfc, 1, 0, dropout)
         stages, start, channels = [], 0, 3
         for i, layer in enumerate(self.features):
             if isinstance(layer, nn.Conv2d):
@@ -155,7 +156,7 @@ class AlexNetBackbone(StagedBackbone):
     torchvision_fc = {"fc6": ("classifier.1", 6), "fc7": ("classifier.4", 1)}
     torchvision_ignore = ("classifier.6.",)
 
-    def __init__(self, width: float = 1.0) -> None:
+    def __init__(self, width: float = 1.0, dropout: float = 0.5) -> None:
         super().__init__()
         c1, c2, c3, c4, c5, cfc = (scaled(c, width) for c in (64, 192, 384, 256, 256, 4096))
         self.features = nn.Sequential(
@@ -168,8 +169,8 @@ class AlexNetBackbone(StagedBackbone):
             nn.Conv2d(c4, c5, kernel_size=3, padding=1), nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
         )
-        self.fc6, self.relu6, self.drop6 = _fc_block(c5, cfc, 6, 3)
-        self.fc7, self.relu7, self.drop7 = _fc_block(cfc, cfc, 1, 0)
+        self.fc6, self.relu6, self.drop6 = _fc_block(c5, cfc, 6, 3, dropout)
+        self.fc7, self.relu7, self.drop7 = _fc_block(cfc, cfc, 1, 0, dropout)
         f = self.features
         self._set_stages([
             ("conv1", c1, f[0:2]), ("pool1", c1, f[2:3]), ("pool2", c2, f[3:6]), ("pool5", c5, f[6:13]),

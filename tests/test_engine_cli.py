@@ -1,0 +1,104 @@
+"""train → evaluate → predict through the command line, as a user runs them."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skipseg.cli import main
+
+TINY = ["model.width=0.0625", "data.crop_size=32", "data.workers=0", "train.batch_size=2",
+        "train.iterations=3", "train.val_every=3", "train.log_every=1", "train.precision=fp32"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, shapes_root):
+    folder = tmp_path_factory.mktemp("cli")
+    config = folder / "tiny.yaml"
+    config.write_text(f"model:\n  name: fcn16s\ndata:\n  root: {shapes_root}\n")
+    assert main(["train", str(config), *TINY, "--out", str(folder / "run"), "--no-progress"]) == 0
+    return folder / "run"
+
+
+def test_train_writes_a_complete_run(trained_run):
+    assert (trained_run / "checkpoints" / "best.pt").is_file()
+    assert (trained_run / "checkpoints" / "last.pt").is_file()
+    header, *rows = (trained_run / "metrics.csv").read_text().splitlines()
+    assert header.startswith("iteration,split,loss,lr")
+    assert sum(",train," in row for row in rows) == 3 and sum(",val," in row for row in rows) == 1
+
+
+def test_evaluate_writes_scores_and_palette_predictions(tmp_path, trained_run, shapes_root):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(trained_run), "--data", str(shapes_root), "--save-pred", "--flip",
+                 "--scales", "0.75,1", "--out", str(out), "--no-progress", "--workers", "0"]) == 0
+    scores = json.loads((out / "metrics.json").read_text())
+    assert {"pixel_acc", "mean_acc", "mean_iou", "fw_iou", "per_class_iou", "class_names", "num_images"} <= set(scores)
+    assert scores["num_images"] == 4 and len(scores["per_class_iou"]) == 21
+    preds = sorted(out.glob("pred/*.png"))
+    ids = (shapes_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    assert [p.stem for p in preds] == sorted(ids)
+    with Image.open(preds[0]) as image:
+        assert image.mode == "P" and image.size == (48, 48)
+    # the saved predictions score to the same numbers with `skipseg score`
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for image_id in ids:
+        shutil.copy(shapes_root / "SegmentationClass" / f"{image_id}.png", gt)
+    assert main(["score", "--pred", str(out / "pred"), "--gt", str(gt),
+                 "--json", str(tmp_path / "rescored.json")]) == 0
+    rescored = json.loads((tmp_path / "rescored.json").read_text())
+    assert rescored["mean_iou"] == pytest.approx(scores["mean_iou"])
+
+
+def test_evaluating_two_runs_ensembles_them(tmp_path, trained_run, shapes_root):
+    out = tmp_path / "ens"
+    assert main(["evaluate", str(trained_run), str(trained_run / "checkpoints" / "last.pt"),
+                 "--data", str(shapes_root), "--out", str(out), "--no-progress", "--workers", "0"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["runs"][1].endswith("last.pt")
+
+
+def test_predict_writes_png_and_overlay_for_each_image(tmp_path, trained_run):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("odd", (61, 45)), ("square", (40, 40)), ("odd2", (61, 45))):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(images / f"{name}.jpg")
+    Image.fromarray(rng.integers(0, 255, (33, 35), dtype=np.uint8), mode="L").save(images / "gray.png")
+    out = tmp_path / "pred"
+    assert main(["predict", str(trained_run), str(images), "--out", str(out), "--no-progress", "--workers", "0"]) == 0
+    for name, size in (("odd", (45, 61)), ("square", (40, 40)), ("gray", (35, 33))):
+        with Image.open(out / f"{name}.png") as label, Image.open(out / f"{name}_overlay.jpg") as overlay:
+            assert label.mode == "P" and label.size == size and overlay.size == size
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, trained_run, shapes_root, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(shapes_root, broken)
+    victim = (broken / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    (broken / "JPEGImages" / f"{victim}.jpg").write_bytes(b"")
+    capsys.readouterr()
+    code = main(["evaluate", str(trained_run), "--data", str(broken), "--out", str(tmp_path / "e"),
+                 "--no-progress", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{victim}.jpg" in err and "Traceback" not in err
+    assert main(["predict", str(tmp_path / "nope"), str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+    assert "nope: no such checkpoint file or run folder" in capsys.readouterr().err
+    assert main(["train", "--resume", str(trained_run), "train.bogus=1"]) == 2
+    assert "unknown key 'train.bogus'" in capsys.readouterr().err
+
+
+def test_broken_training_image_in_a_worker_is_one_clear_line(tmp_path, shapes_root, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(shapes_root, broken)
+    for image in (broken / "JPEGImages").glob("*.jpg"):
+        image.write_bytes(image.read_bytes()[:200])  # truncated JPEGs everywhere
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  root: {broken}\n")
+    code = main(["train", str(config), *TINY, "data.workers=2", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("skipseg: error: ") and "JPEGImages/shapes_" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
