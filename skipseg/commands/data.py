@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shapes.add_argument("--val", type=_count, default=50, help="validation images (default 50)")
     shapes.add_argument("--size", type=_positive, default=128, help="image side in pixels (default 128)")
     shapes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    shapes.add_argument("--workers", type=_count, default=0, help="worker processes (default 0: in-process)")
+    shapes.add_argument("--workers", type=_count, default=min(4, os.cpu_count() or 1),
+                        help="worker processes (default: the cores, at most 4; 0 = in-process)")
     shapes.set_defaults(func=run_shapes)
 
     check = actions.add_parser(
