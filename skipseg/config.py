@@ -33,6 +33,7 @@ class ModelConfig:
     learnable_upsampling: bool | None = None
     original_padding: bool | None = None
     dropout: float | None = None  # fc6/fc7 dropout of the VGG16/AlexNet FCNs (reference: 0.5)
+    batch_norm: bool | None = None  # VGG16 FCNs: torchvision's vgg16_bn layout and weights
 
 
 @dataclass

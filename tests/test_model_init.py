@@ -34,10 +34,10 @@ def test_fc_to_conv_equals_linear_on_a_kxk_map() -> None:
         model_init.fc_to_conv(torch.zeros(4, 50), 7)
 
 
-def _tiny_torchvision_vgg16() -> nn.Module:
+def _tiny_torchvision_vgg16(batch_norm: bool = False) -> nn.Module:
     """torchvision's VGG class at width 1/16: same keys and forward (avgpool, flatten, classifier)."""
     cfg = [v if v == "M" else scaled(v, TINY) for v in VGG16_CFG]
-    model = torchvision.models.VGG(make_layers(cfg), num_classes=1000, init_weights=False)
+    model = torchvision.models.VGG(make_layers(cfg, batch_norm=batch_norm), num_classes=1000, init_weights=True)
     c5, cfc = scaled(512, TINY), scaled(4096, TINY)
     model.classifier[0] = nn.Linear(c5 * 7 * 7, cfc)
     model.classifier[3] = nn.Linear(cfc, cfc)
@@ -61,6 +61,7 @@ def _tiny_torchvision_alexnet() -> nn.Module:
 
 @pytest.mark.parametrize("name,make_reference,fc7_index", [
     ("fcn8s", _tiny_torchvision_vgg16, 4),  # classifier[:5] ends with fc7's ReLU
+    ("fcn8s", lambda: _tiny_torchvision_vgg16(batch_norm=True), 4),  # vgg16_bn layout
     ("fcn32s_alexnet", _tiny_torchvision_alexnet, 5),  # (Dropout, Linear, ReLU) x 2
 ])
 def test_weights_file_end_to_end(tmp_path, name, make_reference, fc7_index) -> None:
@@ -70,7 +71,9 @@ def test_weights_file_end_to_end(tmp_path, name, make_reference, fc7_index) -> N
     reference = make_reference()
     path = tmp_path / "weights.pth"
     torch.save(reference.state_dict(), path)
-    model = build_model(name, width=TINY, weights=str(path)).eval()
+    batch_norm = any(isinstance(m, nn.BatchNorm2d) for m in reference.modules())
+    options = {"batch_norm": True} if batch_norm else {}
+    model = build_model(name, width=TINY, weights=str(path), **options).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         features = reference.avgpool(reference.features(x))

@@ -116,17 +116,19 @@ class VGG16Backbone(StagedBackbone):
     Taps pool1..pool5 (strides 2..32) and fc7 (after ReLU and dropout, stride 32). Pooling uses
     ceil_mode as Caffe's did, so every input pixel falls in some pool5 cell. fc6 is 7x7 with 'same'
     padding 3 by default; with `original_padding` conv1_1 is padded by 100 and fc6 unpadded, the
-    layout of the FCN reference.
+    layout of the FCN reference. `batch_norm` gives torchvision's `vgg16_bn` layout (and weights):
+    not the paper's network, but one that trains from scratch on a small CPU budget.
     """
 
-    torchvision_weights = "VGG16_Weights.IMAGENET1K_V1"
     torchvision_fc = {"fc6": ("classifier.0", 7), "fc7": ("classifier.3", 1)}
     torchvision_ignore = ("classifier.6.",)
 
-    def __init__(self, width: float = 1.0, original_padding: bool = False, dropout: float = 0.5) -> None:
+    def __init__(self, width: float = 1.0, original_padding: bool = False, dropout: float = 0.5,
+                 batch_norm: bool = False) -> None:
         super().__init__()
+        self.torchvision_weights = "VGG16_BN_Weights.IMAGENET1K_V1" if batch_norm else "VGG16_Weights.IMAGENET1K_V1"
         cfg = [v if v == "M" else scaled(v, width) for v in VGG16_CFG]
-        self.features = make_layers(cfg)
+        self.features = make_layers(cfg, batch_norm=batch_norm)
         if original_padding:
             self.features[0].padding = (100, 100)
         c5, cfc = scaled(512, width), scaled(4096, width)

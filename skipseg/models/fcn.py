@@ -93,8 +93,8 @@ class FCN(nn.Module):
 
 
 def _vgg_fcn(skips, scales, num_classes, width, pretrained, weights, init_from, learnable_upsampling,
-             original_padding, dropout) -> FCN:
-    backbone = VGG16Backbone(width, original_padding=original_padding, dropout=dropout)
+             original_padding, dropout, batch_norm) -> FCN:
+    backbone = VGG16Backbone(width, original_padding=original_padding, dropout=dropout, batch_norm=batch_norm)
     model = FCN(backbone, num_classes, "fc7", skips, scales, learnable_upsampling,
                 edge_pad=0 if original_padding else 1)
     initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
@@ -104,33 +104,33 @@ def _vgg_fcn(skips, scales, num_classes, width, pretrained, weights, init_from, 
 @register_model("fcn32s", "FCN-32s, VGG16: fc7 scores upsampled x32 (Long et al. 2015)")
 def fcn32s(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
            init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False,
-           dropout: float = 0.5) -> FCN:
+           dropout: float = 0.5, batch_norm: bool = False) -> FCN:
     return _vgg_fcn((), None, num_classes, width, pretrained, weights, init_from, learnable_upsampling,
-                    original_padding, dropout)
+                    original_padding, dropout, batch_norm)
 
 
 @register_model("fcn16s", "FCN-16s, VGG16: FCN-32s + pool4 scores, upsampled x16")
 def fcn16s(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
            init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False,
-           dropout: float = 0.5) -> FCN:
+           dropout: float = 0.5, batch_norm: bool = False) -> FCN:
     return _vgg_fcn(("pool4",), None, num_classes, width, pretrained, weights, init_from,
-                    learnable_upsampling, original_padding, dropout)
+                    learnable_upsampling, original_padding, dropout, batch_norm)
 
 
 @register_model("fcn8s", "FCN-8s, VGG16: FCN-16s + pool3 scores, upsampled x8")
 def fcn8s(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
           init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False,
-           dropout: float = 0.5) -> FCN:
+           dropout: float = 0.5, batch_norm: bool = False) -> FCN:
     return _vgg_fcn(("pool4", "pool3"), None, num_classes, width, pretrained, weights, init_from,
-                    learnable_upsampling, original_padding, dropout)
+                    learnable_upsampling, original_padding, dropout, batch_norm)
 
 
 @register_model("fcn8s_atonce", "FCN-8s trained at once: pool4 scaled by 0.01, pool3 by 0.0001 before scoring")
 def fcn8s_atonce(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None,
                  weights: str | None = None, init_from: str | None = None, learnable_upsampling: bool = False,
-                 original_padding: bool = False, dropout: float = 0.5) -> FCN:
+                 original_padding: bool = False, dropout: float = 0.5, batch_norm: bool = False) -> FCN:
     return _vgg_fcn(("pool4", "pool3"), (0.01, 0.0001), num_classes, width, pretrained, weights, init_from,
-                    learnable_upsampling, original_padding, dropout)
+                    learnable_upsampling, original_padding, dropout, batch_norm)
 
 
 @register_model("fcn32s_alexnet", "FCN-32s on AlexNet: fc6 6x6 and fc7 as convolutions, upsampled x32")
