@@ -102,3 +102,23 @@ def test_broken_training_image_in_a_worker_is_one_clear_line(tmp_path, shapes_ro
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("skipseg: error: ") and "JPEGImages/shapes_" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_fixed_input_size_models_get_resized_inputs():
+    import torch
+
+    from skipseg.engine.runtime import Runtime
+    from skipseg.inference.predictor import predict_probs
+
+    class FixedInput(torch.nn.Module):
+        input_size = (32, 32)
+        num_classes = 3
+
+        def forward(self, x):
+            assert x.shape[-2:] == (32, 32)
+            return torch.zeros(x.shape[0], 3, 32, 32)
+
+    runtime = Runtime(torch.device("cpu"), None, False)
+    probs = predict_probs(FixedInput(), torch.randn(2, 3, 45, 61), runtime, flip=True)
+    assert probs.shape == (2, 3, 45, 61)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 45, 61))

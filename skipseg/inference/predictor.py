@@ -20,16 +20,18 @@ def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,
     Each scale s runs the model on the batch resized by s; its logits are resized back to (H, W)
     and turned into probabilities; with `flip` the mirrored batch is added. The result is the mean
     over all of these (the usual test-time augmentation: averaging probabilities, not logits).
+    A model with a fixed `input_size` (e.g. DeconvNet's 224×224) gets the batch resized to it.
     """
     images = runtime.to_input(images)
     height, width = images.shape[-2:]
+    fixed_size = getattr(model, "input_size", None)
     total: torch.Tensor | None = None
     count = 0
     with torch.inference_mode(), runtime.autocast():
         for scale in scales:
+            size = tuple(fixed_size) if fixed_size else (max(1, round(height * scale)), max(1, round(width * scale)))
             scaled = images
-            if scale != 1.0:
-                size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            if size != (height, width):
                 scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             views = [(scaled, False)] + ([(scaled.flip(-1), True)] if flip else [])
             for view, flipped in views:
