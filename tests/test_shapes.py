@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from skipseg.data import shapes
+from skipseg.data.shapes import writer
 from skipseg.data.palette import IGNORE_INDEX, VOC_CLASSES, read_label_png
 from skipseg.data.shapes import format_summary, generate_shapes, render_shapes_image
 from skipseg.errors import SkipsegError
@@ -252,19 +253,19 @@ def test_refuses_to_overwrite_a_foreign_dataset(tmp_path):
 def test_interrupted_run_leaves_no_lists(tmp_path, monkeypatch):
     root = tmp_path / "ds"
     generate_shapes(root, train=3, val=1, size=SIZE)  # a complete earlier run, then a failing one
-    real = shapes._render
+    real = writer.render_scene
 
     def failing(seed, index, size):
         if index == 2:
             raise RuntimeError("disk full")
         return real(seed, index, size)
 
-    monkeypatch.setattr(shapes, "_render", failing)
+    monkeypatch.setattr(writer, "render_scene", failing)
     for workers in (0, 2):
         with pytest.raises(RuntimeError, match="disk full"):
             generate_shapes(root, train=3, val=1, size=SIZE, workers=workers)
         assert not any((root / "ImageSets" / "Segmentation").glob("*.txt"))
-    monkeypatch.setattr(shapes, "_render", real)
+    monkeypatch.setattr(writer, "render_scene", real)
     generate_shapes(root, train=3, val=1, size=SIZE)
     assert _lists(root)["trainval"] == [f"shapes_{i:06d}" for i in range(4)]
 
