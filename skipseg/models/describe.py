@@ -4,6 +4,10 @@ Generic over the registry: a model only has to expose `backbone`, whose forward 
 `{name: Tensor}` described by `backbone.feature_info`. The forward runs on the meta device (shapes
 without arithmetic or memory, so a width-1.0 VGG is described instantly) and falls back to a real
 CPU forward for a model with an operation the meta device lacks.
+
+A model may also list its layers, `model.layers() -> [(name, module), ...]` (DeconvNet: every row of
+the paper's Table 2); the description then has a `layers` entry with each one's output shape, read
+by forward hooks. A backbone may return `(taps, extras)` (DeconvNet's switches); the taps are used.
 """
 from __future__ import annotations
 
@@ -31,18 +35,25 @@ def _check_size(size: Any) -> tuple[int, int]:
 
 def describe_module(model: nn.Module, size: tuple[int, int], device: str | torch.device = "cpu") -> dict[str, Any]:
     """Run `model` once on a `[1, 3, H, W]` input and record its output and backbone tap shapes."""
-    captured: dict[str, dict[str, Tensor]] = {}
-    handle = model.backbone.register_forward_hook(lambda mod, args, out: captured.__setitem__("taps", out))
+    captured: dict[str, Any] = {}
+    handles = [model.backbone.register_forward_hook(
+        lambda mod, args, out: captured.__setitem__("taps", out[0] if isinstance(out, tuple) else out))]
+    layers = list(model.layers()) if callable(getattr(model, "layers", None)) else []
+    shapes: dict[int, list[int]] = {}
+    for i, (_, module) in enumerate(layers):
+        handles.append(module.register_forward_hook(
+            lambda mod, args, out, i=i: shapes.__setitem__(i, _first_tensor(out).shape[1:])))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             out = model(torch.zeros(1, 3, *size, device=device))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
     taps = captured["taps"]
-    return {
+    result: dict[str, Any] = {
         "params": sum(p.numel() for p in model.parameters()),
         "output_shape": list(out.shape[1:]),
         "taps": [
@@ -51,11 +62,21 @@ def describe_module(model: nn.Module, size: tuple[int, int], device: str | torch
             for info in model.backbone.feature_info
         ],
     }
+    if layers:
+        result["layers"] = [{"name": name, "shape": [int(v) for v in shapes[i]]}
+                            for i, (name, _) in enumerate(layers) if i in shapes]
+    return result
+
+
+def _first_tensor(out: Any) -> Tensor:
+    """A hook's output, or its first tensor when the module returns several (pool + switches)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def describe_model(name: str, size: tuple[int, int] = (224, 224), **options: Any) -> dict[str, Any]:
     """`{"name", "params", "output_shape": [C, H, W], "taps": [{"name", "channels", "stride",
-    "shape": [h, w]}]}` for registered model `name` built with `options`, at input size `size`."""
+    "shape": [h, w]}]}` for registered model `name` built with `options`, at input size `size`;
+    plus `"layers": [{"name", "shape": [C, h, w]}]` when the model lists its layers."""
     size = _check_size(size)
     check_options(name, options)
     build = {k: v for k, v in options.items() if k not in INIT_OPTIONS}
@@ -82,4 +103,9 @@ def format_description(info: dict[str, Any]) -> str:
     ]
     for tap in info["taps"]:
         lines.append(f"{tap['name']:<16}{tap['channels']:>9}{tap['stride']:>8}  {tap['shape'][0]} x {tap['shape'][1]}")
+    if info.get("layers"):
+        lines += ["", f"{'layer':<16}output (height x width x channels)"]
+        for layer in info["layers"]:
+            c, h, w = layer["shape"]
+            lines.append(f"{layer['name']:<16}{h} x {w} x {c}")
     return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""DeconvNet (Noh, Hong, Han 2015), exactly the network of the paper's Table 2.
+
+Encoder: VGG16's 13 convolutions, each conv → batch norm → ReLU, 2×2/2 max pooling that records its
+switches, fc6 as a 7×7 unpadded convolution (7×7×512 → 1×1×4096) and fc7 (1×1×4096), each followed
+by batch norm and ReLU (no dropout: the paper removed it). Decoder, the mirror image: deconv-fc6
+(7×7 transposed conv, 1×1 → 7×7×512), then unpool5 … unpool1, each using its pooling's switches and
+followed by the 3×3 deconvolutions of Table 2 (deconv → BN → ReLU), and a 1×1 scoring conv → C.
+Table 2 lists the output layer with "pad 1", a typo: a padded 1×1 conv would give 226×226.
+
+The input must be 224×224 (`input_size`); `predict_probs` and the proposal inference resize to it.
+Batch norm after fc6/fc7 normalises 1×1 maps over the batch, so training needs batches of >= 2.
+At width 1.0 with 21 classes the model has 251,805,653 parameters (the paper: "approximately 252M").
+
+Layer names: the encoder keeps torchvision's `vgg16_bn` keys (`backbone.features.N`), so ImageNet
+weights load as they are, with fc6/fc7 reshaped from torchvision's Linear layers ("surgery");
+the BN after fc6/fc7 has no ImageNet counterpart and starts as the identity.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from torch import Tensor, nn
+from torchvision.models.vgg import make_layers
+
+from skipseg.errors import SkipsegError
+from skipseg.models.backbones import VGG16_CFG, StagedBackbone, scaled
+from skipseg.models.init import initialize
+from skipseg.models.registry import register_model
+from skipseg.models.unpool import SwitchPool, Unpool
+
+INPUT_SIZE = (224, 224)
+
+# The decoder of Table 2: (unpool, switches of, [(deconv, in channels, out channels), ...]).
+DECODER = (
+    ("unpool5", "pool5", (("deconv5_1", 512, 512), ("deconv5_2", 512, 512), ("deconv5_3", 512, 512))),
+    ("unpool4", "pool4", (("deconv4_1", 512, 512), ("deconv4_2", 512, 512), ("deconv4_3", 512, 256))),
+    ("unpool3", "pool3", (("deconv3_1", 256, 256), ("deconv3_2", 256, 256), ("deconv3_3", 256, 128))),
+    ("unpool2", "pool2", (("deconv2_1", 128, 128), ("deconv2_2", 128, 64))),
+    ("unpool1", "pool1", (("deconv1_1", 64, 64), ("deconv1_2", 64, 64))),
+)
+
+Switches = dict[str, tuple[Tensor, tuple[int, int]]]  # pool name -> (indices, input size of the pool)
+
+
+class DeconvNetBackbone(StagedBackbone):
+    """The encoder: torchvision `vgg16_bn` features with switch-recording pools, fc6/fc7 + BN + ReLU.
+
+    Taps pool1..pool5 (strides 2..32) and fc7 (1×1 at 224 pixels). `forward(x)` returns the taps as
+    every backbone does; `forward(x, return_switches=True)` returns `(taps, switches)` for the decoder.
+    """
+
+    torchvision_weights = "VGG16_BN_Weights.IMAGENET1K_V1"
+    torchvision_fc = {"fc6": ("classifier.0", 7), "fc7": ("classifier.3", 1)}
+    torchvision_ignore = ("classifier.6.",)
+
+    def __init__(self, width: float = 1.0) -> None:
+        super().__init__()
+        cfg = [v if v == "M" else scaled(v, width) for v in VGG16_CFG]
+        self.features = make_layers(cfg, batch_norm=True)
+        c5, cfc = scaled(512, width), scaled(4096, width)
+        self.fc6, self.bn6, self.relu6 = nn.Conv2d(c5, cfc, 7), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
+        self.fc7, self.bn7, self.relu7 = nn.Conv2d(cfc, cfc, 1), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
+        stages, start, channels = [], 0, 3
+        for i, layer in enumerate(self.features):
+            if isinstance(layer, nn.Conv2d):
+                channels = layer.out_channels
+            elif isinstance(layer, nn.MaxPool2d):
+                self.features[i] = SwitchPool(2)
+                stages.append((f"pool{len(stages) + 1}", channels, self.features[start : i + 1]))
+                start = i + 1
+        stages.append(("fc7", cfc, [self.fc6, self.bn6, self.relu6, self.fc7, self.bn7, self.relu7]))
+        self._set_stages(stages)
+
+    def forward(self, x: Tensor, return_switches: bool = False):
+        self.check_input(x)
+        taps: dict[str, Tensor] = {}
+        switches: Switches = {}
+        for name, layers in self._stages:
+            for layer in layers:
+                if isinstance(layer, SwitchPool):
+                    size = (int(x.shape[-2]), int(x.shape[-1]))
+                    x, indices = layer(x)  # [N, C, H/2, W/2] and where each maximum came from
+                    switches[name] = (indices, size)
+                else:
+                    x = layer(x)
+            taps[name] = x
+        return (taps, switches) if return_switches else taps
+
+
+def _deconv(cin: int, cout: int, kernel: int, padding: int) -> nn.Sequential:
+    """deconv → BN → ReLU; index 0 is the transposed convolution itself."""
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel, padding=padding), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class DeconvNet(nn.Module):
+    """Encoder (`backbone`, named taps) + the mirrored unpooling/deconvolution decoder of Table 2."""
+
+    input_size = INPUT_SIZE
+
+    def __init__(self, num_classes: int = 21, width: float = 1.0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = DeconvNetBackbone(width)
+        self.deconv_fc6 = _deconv(scaled(4096, width), scaled(512, width), 7, 0)
+        for unpool, _, deconvs in DECODER:
+            setattr(self, unpool, Unpool(2))
+            for name, cin, cout in deconvs:
+                setattr(self, name, _deconv(scaled(cin, width), scaled(cout, width), 3, 1))
+        self.score = nn.Conv2d(scaled(64, width), num_classes, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Zero-mean Gaussians (He): conv fan_out as torchvision's VGG; for a stride-1 transposed conv
+        # torch's "fan_out" of its [in, out, k, k] weight is in*k*k, the fan-in each output sees.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.score.weight, std=0.01)
+
+    def check_input(self, x: Tensor) -> None:
+        h, w = (int(s) for s in x.shape[-2:])
+        if (h, w) != INPUT_SIZE:
+            raise SkipsegError(
+                f"deconvnet: input of {h}x{w} pixels; the network takes exactly 224x224 "
+                "(resize the image or proposal crop to it, as the predictor does)"
+            )
+        if self.training and x.shape[0] < 2:
+            raise SkipsegError(
+                "deconvnet: training needs batches of at least 2 images (batch norm after fc6/fc7 "
+                "normalises 1x1 maps over the batch)"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        taps, switches = self.backbone(x, return_switches=True)  # fc7: [N, 4096w, 1, 1]
+        y = self.deconv_fc6(taps["fc7"])  # [N, 512w, 7, 7]
+        for unpool, pool, deconvs in DECODER:
+            indices, size = switches[pool]
+            y = getattr(self, unpool)(y, indices, size)  # [N, C, 2h, 2w], sparse
+            for name, _, _ in deconvs:
+                y = getattr(self, name)(y)  # [N, C', 2h, 2w], dense
+        return self.score(y)  # [N, num_classes, 224, 224]
+
+    def layers(self) -> list[tuple[str, nn.Module]]:
+        """Every layer of Table 2, in its order and with its name, paired with the module whose
+        output is that layer's output (convolutions before their BN; pools give (values, switches))."""
+        out: list[tuple[str, nn.Module]] = []
+        block, index = 1, 1
+        for layer in self.backbone.features:
+            if isinstance(layer, nn.Conv2d):
+                out.append((f"conv{block}-{index}", layer))
+                index += 1
+            elif isinstance(layer, SwitchPool):
+                out.append((f"pool{block}", layer))
+                block, index = block + 1, 1
+        out += [("fc6", self.backbone.fc6), ("fc7", self.backbone.fc7), ("deconv-fc6", self.deconv_fc6[0])]
+        for unpool, _, deconvs in DECODER:
+            out.append((unpool, getattr(self, unpool)))
+            out += [(name.replace("_", "-"), getattr(self, name)[0]) for name, _, _ in deconvs]
+        out.append(("output", self.score))
+        return out
+
+
+class _TorchvisionPart(nn.Module):
+    """The layers of the backbone that a torchvision `vgg16_bn` classifier has (the same module
+    objects, so loading into this view loads into the backbone); what `initialize` loads into."""
+
+    def __init__(self, backbone: DeconvNetBackbone) -> None:
+        super().__init__()
+        self.features, self.fc6, self.fc7 = backbone.features, backbone.fc6, backbone.fc7
+        self.torchvision_weights = backbone.torchvision_weights
+        self.torchvision_fc, self.torchvision_ignore = backbone.torchvision_fc, backbone.torchvision_ignore
+
+
+@register_model("deconvnet", "DeconvNet (Noh et al. 2015): VGG16-BN encoder, unpooling/deconvolution decoder, 224x224")
+def deconvnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
+              init_from: str | None = None) -> DeconvNet:
+    """`pretrained: imagenet` / `weights: FILE`: torchvision VGG16_BN weights for the convolutions
+    and fc6/fc7 (the decoder and the fc BNs keep their initial values); `init_from`: a trained model."""
+    model = DeconvNet(num_classes, width)
+    if init_from is not None:
+        initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
+    else:
+        view = SimpleNamespace(backbone=_TorchvisionPart(model.backbone))
+        initialize(view, width=width, pretrained=pretrained, weights=weights)  # type: ignore[arg-type]
+    return model
