@@ -34,6 +34,17 @@ class ModelConfig:
     original_padding: bool | None = None
     dropout: float | None = None  # fc6/fc7 dropout of the VGG16/AlexNet FCNs (reference: 0.5)
     batch_norm: bool | None = None  # VGG16 FCNs: torchvision's vgg16_bn layout and weights
+    # The single-skip-connection net (`skipnet`); see skipseg/models/skipnet.py.
+    backbone: str | None = None  # any torchvision classifier, e.g. inception_v3, resnet50
+    tap: str | None = None  # a number into tap_names (1 = lowest), a module name, or "none"
+    tap_names: list[str] | None = None  # the numbered taps (default: skipseg/models/tap_maps.yaml)
+    top: str | None = None  # the top feature (default: tap_maps.yaml, else the last found tap)
+    kernel: int | None = None  # n of the tap's n×n conv
+    head_channels: int | None = None  # channels of that conv's output h
+    grid: int | None = None  # G: predictions on a G×G grid of image cells
+    mode: str | None = None  # box (targets: the majority label of each cell) | pixel
+    input_size: int | None = None  # resize every input to this square size (paper: 559)
+    freeze_backbone: bool | None = None  # train only the heads
 
 
 @dataclass
@@ -71,7 +82,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    channels_last: bool = True
+    channels_last: bool | None = None  # None = auto: with mixed precision on; fp32 on CPU off (slower there)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_val_images: int | None = None
 
@@ -88,6 +99,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_schedule": ("poly", "step", "constant"),
     "train.loss_reduction": ("mean", "sum"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "model.mode": ("box", "pixel"),
 }
 
 
@@ -96,7 +108,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Check `value` against a field annotation (int, float, str, bool, X | None, dataclass)."""
+    """Check `value` against a field annotation (int, float, str, bool, X | None, list[X], dataclass)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -113,6 +125,11 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         raise errors[0]
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key, source)
+    if origin is list:
+        if not isinstance(value, list):
+            raise SkipsegError(f"{source}: key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -149,7 +166,7 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
             key = f"{prefix}.{name}" if prefix else name
             values[name] = _coerce(data[name], annotation, key, source)
             allowed = CHOICES.get(key)
-            if allowed and values[name] not in allowed:
+            if allowed and values[name] is not None and values[name] not in allowed:
                 raise SkipsegError(f"{source}: key '{key}' must be one of {', '.join(allowed)}, got {values[name]!r}")
     return cls(**values)
 

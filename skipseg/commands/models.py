@@ -1,4 +1,5 @@
-"""`skipseg models`: list the registry; `skipseg models describe NAME [key=value ...]`: introspect."""
+"""`skipseg models`: list the registry; `skipseg models describe NAME [key=value ...]`: introspect;
+`skipseg models taps BACKBONE`: the candidate taps of any torchvision classifier."""
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,28 @@ def run_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_taps(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from skipseg.models.taps import find_taps, format_taps
+
+    size = tuple(args.size) if args.size else None
+    taps = find_taps(args.backbone, size)
+    if args.stages:
+        taps = [t for t in taps if t.stage_end]
+    if args.json:
+        print(json.dumps({"backbone": args.backbone, "size": size, "taps": [asdict(t) for t in taps]}, indent=2))
+    else:
+        print(format_taps(args.backbone, taps, size))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "models", help="list the models; describe one", description="List the registered models (name and description)."
     )
     parser.set_defaults(func=run_list)
-    sub = parser.add_subparsers(dest="models_command", metavar="{describe}")
+    sub = parser.add_subparsers(dest="models_command", metavar="{describe,taps}")
     describe = sub.add_parser(
         "describe",
         help="parameters, output shape and backbone taps of a model",
@@ -60,3 +77,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="input height and width (default 224 224)")
     describe.add_argument("--json", action="store_true", help="print JSON")
     describe.set_defaults(func=run_describe)
+    taps = sub.add_parser(
+        "taps",
+        help="candidate skip taps of a torchvision backbone",
+        description="Find the candidate taps of a torchvision classifier (every block end and every layer "
+        "after which the stride changes, up to the global pooling), numbered from the bottom, with "
+        "channels and stride; built without weights and traced on the meta device (no computation).",
+    )
+    taps.add_argument("backbone", help="torchvision classifier name, e.g. inception_v3, resnet50, convnext_tiny")
+    taps.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="also show each tap's shape at this input size")
+    taps.add_argument("--stages", action="store_true", help="only the last tap at each stride")
+    taps.add_argument("--json", action="store_true", help="print JSON")
+    taps.set_defaults(func=run_taps)

@@ -15,11 +15,21 @@ from skipseg.data.palette import save_label_png
 from skipseg.engine.loading import guarded_batches
 from skipseg.engine.runtime import Runtime
 from skipseg.engine.sampling import SizeGroupedBatchSampler
+from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import predict_probs
 from skipseg.metrics import ConfusionMatrix
 
-# probs_fn(images [N,3,H,W] normalised, indices) -> probabilities [N, C, H, W]
+# probs_fn(images [N,3,H,W] normalised, indices) -> probabilities [N, C, H, W] (or [N, C, G_h, G_w])
 ProbsFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
+# target_fn(masks [N, H, W] int64) -> labels of what the model predicts, e.g. grid cells [N, G_h, G_w]
+TargetFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def grid_targets(model: nn.Module) -> TargetFn | None:
+    """How a model's outputs are scored when they are not pixels: a model with `output_grid` set
+    (e.g. the box-wise skip net) predicts a fixed grid of image cells, and its
+    `target_from_mask(mask)` gives their labels; for every other model None (the mask itself)."""
+    return model.target_from_mask if getattr(model, "output_grid", None) else None
 
 
 class _Indexed(Dataset):
@@ -53,9 +63,10 @@ def image_sizes(dataset) -> list[tuple[int, int]]:
 def evaluate_dataset(dataset, probs_fn: ProbsFn, num_classes: int, runtime: Runtime, *,
                      batch_size: int = 4, workers: int = 2, save_pred_dir: str | Path | None = None,
                      class_names: Sequence[str] | None = None, max_images: int | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, target_fn: TargetFn | None = None) -> dict:
     """Score `probs_fn` on `dataset` (eval transforms applied); with `save_pred_dir`, write
-    `<id>.png` palette predictions. Under torchrun each rank takes a share and matrices are summed."""
+    `<id>.png` palette predictions. Under torchrun each rank takes a share and matrices are summed.
+    `target_fn` maps masks to the labels of a model that predicts grid cells (`grid_targets`)."""
     if max_images is not None and max_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(max_images))
         base = dataset.dataset
@@ -74,7 +85,13 @@ def evaluate_dataset(dataset, probs_fn: ProbsFn, num_classes: int, runtime: Runt
     for images, masks, indices in bar:
         probs = probs_fn(images, indices.tolist())
         pred = probs.argmax(dim=1)
-        confusion.update(pred, masks.to(pred.device))
+        target = masks.to(pred.device)
+        if target_fn is not None:
+            target = target_fn(target)
+        elif pred.shape[-2:] != target.shape[-2:]:
+            raise SkipsegError(f"predictions of {tuple(pred.shape[-2:])} cells for masks of {tuple(target.shape[-2:])} "
+                               "pixels: a model predicting grid cells is scored with its target_from_mask")
+        confusion.update(pred, target)
         if save_pred_dir is not None:
             for label, index in zip(pred.cpu().numpy().astype(np.uint8), indices.tolist()):
                 save_label_png(save_pred_dir / f"{base.ids[index]}.png", label)
@@ -90,7 +107,7 @@ def evaluate_model(model: nn.Module, dataset, runtime: Runtime, *, flip: bool = 
     try:
         return evaluate_dataset(
             dataset, lambda images, _: predict_probs(model, images, runtime, flip=flip, scales=scales),
-            model.num_classes, runtime, **kwargs,
+            model.num_classes, runtime, target_fn=grid_targets(model), **kwargs,
         )
     finally:
         model.train(was_training)

@@ -24,7 +24,7 @@ from skipseg.data.palette import IGNORE_INDEX
 from skipseg.data.transforms import eval_transforms, train_transforms
 from skipseg.data.voc import open_dataset
 from skipseg.engine.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
-from skipseg.engine.evaluator import evaluate_model
+from skipseg.engine.evaluator import evaluate_model, grid_targets
 from skipseg.engine.loading import guarded_batches
 from skipseg.engine.logbook import Logbook
 from skipseg.engine.optim import build_optimizer, build_scheduler
@@ -41,8 +41,6 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  callbacks: tuple[StepCallback, ...] = ()) -> None:
-        from skipseg.models import build_model
-
         self.config, self.run_dir, self.progress, self.callbacks = config, Path(run_dir), progress, callbacks
         self.stop_requested = False
         cfg = config.train
@@ -60,7 +58,7 @@ class Trainer:
             raise SkipsegError(f"model.num_classes: {config.model.num_classes}, but {config.data.root} has "
                                f"{self.train_set.num_classes} classes ({', '.join(self.train_set.class_names[:5])}, …)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
-        self.model = self.runtime.prepare_model(build_model(config.model.name, **model_options(config)))
+        self.model = self.runtime.prepare_model(self.build_model())
         self.net: nn.Module = self.model
         if self.runtime.distributed:
             device_ids = [self.runtime.device] if self.runtime.device.type == "cuda" else None
@@ -75,6 +73,16 @@ class Trainer:
         if self.runtime.is_main:
             save_run_config(self.run_dir, config)
         self.logbook = Logbook(self.run_dir, resume_step=self.step if resume else None) if self.runtime.is_main else None
+
+    def build_model(self) -> nn.Module:
+        """The model to train (a subclass may train something else, e.g. the probe's many heads)."""
+        from skipseg.models import build_model
+
+        return build_model(self.config.model.name, **model_options(self.config))
+
+    def loss_sum(self, logits, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy summed over the valid pixels (or cells) of a micro-batch."""
+        return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
 
     def _total_steps(self) -> int:
         cfg = self.config.train
@@ -119,6 +127,9 @@ class Trainer:
         """
         cfg, rt = self.config.train, self.runtime
         masks = [m.to(rt.device, non_blocking=True) for _, m in batches]
+        to_target = grid_targets(self.model)  # a model predicting grid cells learns their labels
+        if to_target is not None:
+            masks = [to_target(m) for m in masks]
         valid = all_reduce_sum(torch.tensor(float(sum(int((m != IGNORE_INDEX).sum()) for m in masks)),
                                             device=rt.device))
         denominator = valid.clamp(min=1.0) if cfg.loss_reduction == "mean" else torch.ones((), device=rt.device)
@@ -128,8 +139,8 @@ class Trainer:
             sync = self.net.no_sync() if rt.distributed and not last else contextlib.nullcontext()
             with sync:
                 with rt.autocast():
-                    logits = self.net(rt.to_input(images))  # [N, C, H, W]
-                loss_sum = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+                    logits = self.net(rt.to_input(images))  # [N, C, H, W] (or [N, C, G, G] cells)
+                loss_sum = self.loss_sum(logits, target)
                 # × world size: DDP averages gradients over ranks, the loss here is a sum over them.
                 self.scaler.scale(loss_sum / denominator * rt.world_size).backward()
             total += loss_sum.detach()

@@ -20,11 +20,14 @@ def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,
     Each scale s runs the model on the batch resized by s; its logits are resized back to (H, W)
     and turned into probabilities; with `flip` the mirrored batch is added. The result is the mean
     over all of these (the usual test-time augmentation: averaging probabilities, not logits).
-    A model with a fixed `input_size` (e.g. DeconvNet's 224×224) gets the batch resized to it.
+    A model with a fixed `input_size` (e.g. DeconvNet's 224×224) gets the batch resized to it. A
+    model with `output_grid` (the box-wise skip net) predicts cells of the image, not pixels: its
+    `[N, C, G_h, G_w]` is returned as it is.
     """
     images = runtime.to_input(images)
     height, width = images.shape[-2:]
     fixed_size = getattr(model, "input_size", None)
+    grid = getattr(model, "output_grid", None)  # a model predicting G×G image cells: left as cells
     total: torch.Tensor | None = None
     count = 0
     with torch.inference_mode(), runtime.autocast():
@@ -38,7 +41,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,
                 logits = model(view).float()  # [N, C, h, w]
                 if flipped:
                     logits = logits.flip(-1)
-                if logits.shape[-2:] != (height, width):
+                if grid is None and logits.shape[-2:] != (height, width):
                     logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
                 probs = logits.softmax(dim=1)
                 total = probs if total is None else total + probs

@@ -19,7 +19,7 @@ from torch import nn
 from skipseg.errors import SkipsegError
 
 # Modules whose import registers models; a new family of models adds its module here.
-MODEL_MODULES = ("skipseg.models.fcn", "skipseg.models.deconvnet")
+MODEL_MODULES = ("skipseg.models.fcn", "skipseg.models.deconvnet", "skipseg.models.skipnet")
 
 COMMON_OPTIONS = ("num_classes", "width", "pretrained", "weights", "init_from")
 

@@ -1,0 +1,96 @@
+"""`skipseg sweep CONFIG.yaml --out DIR [--jobs K] [--shard i/N]` and `skipseg sweep --collect DIR ...`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep", help="the skip-connection study: every tap x filter size, Tables 1-3, score maps",
+        description="Expand a sweep config (a run config with a `sweep:` section) into one run per "
+                    "configuration (no skip, every tap x n), run them (or all heads at once with "
+                    "sweep.mode=probe), and write Tables 1-3 and per-class score maps to DIR/report. "
+                    "Started again, complete runs are skipped and interrupted ones resumed.")
+    parser.add_argument("config", nargs="?", help="sweep YAML config")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. sweep.mode=probe")
+    parser.add_argument("--out", help="sweep folder (created, or continued)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+    parser.add_argument("--shard", metavar="i/N", help="run only the runs at plan positions i mod N (0 <= i < N)")
+    parser.add_argument("--collect", nargs="+", metavar="DIR", help="merge finished sweep folders (shards) and "
+                        "write the report; no training")
+    parser.add_argument("--report-out", metavar="DIR", help="with --collect: where the report goes "
+                        "(default: FIRST_DIR/report)")
+    parser.add_argument("--no-report", action="store_true", help="do not write the report after running")
+    parser.add_argument("--no-score-maps", action="store_true", help="tables only")
+    parser.add_argument("--only", metavar="NAME", help=argparse.SUPPRESS)  # one run; what --jobs spawns
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def _report(dirs: list[str], out: str | None, score_maps: bool = True) -> None:
+    from skipseg.report.tables import collect
+
+    result = collect(dirs, out, score_maps=score_maps)
+    print((result["report"] / "table1.md").read_text())
+    print(f"{len(result['found'])} configurations, {len(result['missing'])} missing; "
+          f"training {result['train_seconds']:.1f} s wall, {result['train_cpu_seconds']:.1f} s CPU; "
+          f"report → {result['report']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from skipseg.engine import sweep
+    from skipseg.errors import SkipsegError
+
+    if args.collect:
+        _report(args.collect, args.report_out, not args.no_score_maps)
+        return 0
+    if not args.config or not args.out:
+        raise SkipsegError("sweep needs a CONFIG.yaml and --out DIR (or --collect DIR ...)")
+    if args.jobs < 1:
+        raise SkipsegError(f"--jobs {args.jobs}: expected 1 or more")
+    config = sweep.load_sweep_config(args.config, list(args.overrides))
+    out, progress = Path(args.out), not args.no_progress
+    if args.only:
+        _, plan = sweep.read_plan(out)
+        run = next((r for r in plan if r.name == args.only), None)
+        if run is None:
+            raise SkipsegError(f"--only {args.only}: not a run of {out}/plan.json")
+        metrics = sweep.run_separate(config, run, out, progress)
+        if metrics is None:
+            print(f"{run.name}: stopped")
+            return 1
+        print(f"{run.name}: mIoU {100 * (metrics['mean_iou'] or 0):.2f}, {metrics.get('train_seconds', 0):.1f} s")
+        return 0
+    plan = sweep.prepare(config, out)
+    index, count = sweep.parse_shard(args.shard)
+    mode = config.sweep.mode
+    todo = sweep.pending(plan, mode, index, count)
+    names = [sweep.PROBE_RUN] if mode == "probe" and todo else [r.name for r in todo]
+    left = [n for n in names if not sweep.is_complete(out / "runs" / n)]
+    print(f"sweep {out}: {len(plan)} configurations, {mode} mode; this shard {index}/{count}: "
+          f"{len(names)} run(s), {len(names) - len(left)} already complete")
+    if mode == "probe" and left:
+        if sweep.run_probe(config, plan, out, progress) is None:
+            print("stopped; run the same command again to continue")
+            return 130
+    elif args.jobs > 1 and left:
+        failed = sweep.run_jobs(out, [r for r in todo if r.name in left], args.jobs)
+        if failed:
+            raise SkipsegError(f"{out}: runs not completed (failed or stopped): {', '.join(failed)} "
+                               "(see runs/NAME/sweep.log); run the same command again to continue")
+    else:
+        for position, run in enumerate(r for r in todo if r.name in left):
+            print(f"[{position + 1}/{len(left)}] {run.name}")
+            metrics = sweep.run_separate(config, run, out, progress)
+            if metrics is None:
+                print(f"stopped in {run.name}; run the same command again to continue")
+                return 130
+            print(f"  mIoU {100 * (metrics['mean_iou'] or 0):.2f}, {metrics.get('train_seconds', 0):.1f} s")
+    every = [sweep.PROBE_RUN] if mode == "probe" else [r.name for r in plan]
+    if all(sweep.is_complete(out / "runs" / n) for n in every):
+        if not args.no_report:
+            _report([str(out)], None, not args.no_score_maps)
+    else:
+        print(f"this shard is done; when every shard is: skipseg sweep --collect {out}")
+    return 0

@@ -1,0 +1,243 @@
+"""The single-skip-connection net (Yim & Sohn 2017) on any torchvision backbone.
+
+    z_top = 1×1 conv(f_top)                                  [N, C, h_top, w_top]
+    h_i = ReLU(n×n conv(f_i)),  z_i = 1×1 conv(h_i)          [N, C, h_i, w_i]   (tap i, if any)
+    score = up_G(z_top) + up_G(z_i)                          [N, C, G, G]
+
+`up_G` is bilinear resampling (`align_corners=False`) to a G×G grid of image cells. Box-wise mode
+(the paper's) predicts those cells: a cell's target is the majority label of its pixels
+(`majority_vote`), and the model says so to the engine with `output_grid = (G, G)` and
+`target_from_mask`. Pixel-wise mode (the paper's stated next step) upsamples the G×G score
+bilinearly to the input size and is trained and scored per pixel like every other model.
+
+Cells and pixels: along a side of H pixels, cell i covers pixels round(i·H/G) ≤ y < round((i+1)·H/G)
+(round half up). These are the cells whose centres ((i + ½)·H/G − ½) are where `align_corners=False`
+interpolation puts its G samples. When G divides H each cell has H/G pixels; otherwise ⌊H/G⌋ or
+⌈H/G⌉, spread evenly (H = 10, G = 4: pixels 0-2, 3-4, 5-7, 8-9). For G > H some cells hold no pixel
+and are void.
+
+Taps are configuration: `tap_names` (numbered from 1, the lowest) and `top` default to
+`tap_maps.yaml` (Inception-v3: the paper's seven taps and Mixed_7c), else to the taps
+`taps.find_taps` finds. `tap` is a number into `tap_names`, a module name, or none.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from skipseg.data.palette import IGNORE_INDEX
+from skipseg.errors import SkipsegError
+from skipseg.models.init import imagenet_state_dict, init_from_checkpoint, load_exactly, read_state_dict
+from skipseg.models.registry import register_model
+from skipseg.models.taps import TorchvisionBackbone, build_classifier, default_weights, find_taps
+
+logger = logging.getLogger(__name__)
+
+TAP_MAPS = Path(__file__).with_name("tap_maps.yaml")
+_AUX_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")  # torchvision files keep aux heads built here without
+
+
+def default_taps(backbone: str) -> tuple[list[str], str]:
+    """(numbered taps, top) of `backbone` from tap_maps.yaml, else from `find_taps`."""
+    maps = yaml.safe_load(TAP_MAPS.read_text()) or {}
+    if backbone in maps:
+        return list(maps[backbone]["taps"]), maps[backbone]["top"]
+    found = [t.name for t in find_taps(backbone)]
+    return found[:-1], found[-1]
+
+
+def resolve_taps(backbone: str, tap_names: Sequence[str] | None = None, top: str | None = None) -> tuple[list[str], str]:
+    """The numbered taps and the top after config overrides (`model.tap_names`, `model.top`)."""
+    names, default_top = default_taps(backbone)
+    return (list(tap_names) if tap_names is not None else names), (top or default_top)
+
+
+def resolve_tap(tap: str | int | None, names: Sequence[str]) -> tuple[str | None, str | None]:
+    """`(label, module name)` of a configured tap: a number k is `names[k - 1]` (label "k"), a name
+    of the list gets its number, another module name is its own label; none/null is `(None, None)`."""
+    if tap is None or str(tap).strip().lower() in ("none", "null", ""):
+        return None, None
+    text = str(tap).strip()
+    if text.isdigit():
+        k = int(text)
+        if not 1 <= k <= len(names):
+            listing = ", ".join(f"{i}={n}" for i, n in enumerate(names, start=1))
+            raise SkipsegError(f"model.tap: {k} is not a tap number; taps: {listing}")
+        return text, names[k - 1]
+    if text in names:
+        return str(list(names).index(text) + 1), text
+    return text, text
+
+
+def cell_index(length: int, cells: int, device: torch.device | str = "cpu") -> Tensor:
+    """`[length]` int64: the cell of each pixel along a side (boundaries round(i·length/cells))."""
+    i = torch.arange(1, cells, device=device, dtype=torch.int64)
+    bounds = (2 * i * length + cells) // (2 * cells)  # floor(i·L/G + ½) in integers
+    return torch.bucketize(torch.arange(length, device=device), bounds, right=True)
+
+
+def majority_vote(mask: Tensor, grid: tuple[int, int], num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """`mask [N, H, W]` (labels in [0, C), anything else void) → `[N, G_h, G_w]` int64 cell labels.
+
+    A cell gets the most frequent class of its non-void pixels (ties: the lowest class); a cell
+    whose pixels are more than half void, or that holds no pixel, is `ignore_index`. One bincount
+    over (image, cell, label), no loop over pixels or cells.
+    """
+    n, h, w = mask.shape
+    gh, gw = grid
+    c = num_classes
+    cells = cell_index(h, gh, mask.device)[:, None] * gw + cell_index(w, gw, mask.device)[None, :]  # [H, W]
+    labels = torch.where((mask >= 0) & (mask < c), mask, torch.full_like(mask, c))  # void → bin C
+    images = torch.arange(n, device=mask.device).view(n, 1, 1) * (gh * gw)
+    flat = ((images + cells) * (c + 1) + labels).reshape(-1)
+    counts = torch.bincount(flat, minlength=n * gh * gw * (c + 1)).view(n, gh, gw, c + 1)
+    valid, void = counts[..., :c].sum(-1), counts[..., c]
+    target = counts[..., :c].argmax(-1)
+    return target.masked_fill_((void > valid) | (valid == 0), ignore_index)
+
+
+def _score(in_channels: int, num_classes: int) -> nn.Conv2d:
+    # Zero-initialised like FCN's score layers: a new skip starts as a no-op on the top's scores.
+    conv = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def resample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize (align_corners=False) of `[N, C, h, w]` to `size`; identity when equal."""
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class SkipHead(nn.Module):
+    """Everything above the backbone: the top's 1×1 class conv and, for a tap, n×n conv + ReLU + 1×1."""
+
+    def __init__(self, top_channels: int, num_classes: int, tap_channels: int | None = None,
+                 kernel: int = 3, head_channels: int = 256) -> None:
+        super().__init__()
+        self.score_top = _score(top_channels, num_classes)
+        self.has_tap = tap_channels is not None
+        if self.has_tap:
+            self.conv_tap = nn.Conv2d(tap_channels, head_channels, kernel, padding=kernel // 2)
+            self.score_tap = _score(head_channels, num_classes)
+
+    def class_maps(self, top: Tensor, tap: Tensor | None = None) -> dict[str, Tensor]:
+        """`{"top": z_top [N, C, h_top, w_top], "tap": z_i [N, C, h_i, w_i]}` (no "tap" without one)."""
+        maps = {"top": self.score_top(top)}
+        if self.has_tap:
+            maps["tap"] = self.score_tap(F.relu(self.conv_tap(tap)))
+        return maps
+
+    def forward(self, top: Tensor, tap: Tensor | None, grid: tuple[int, int]) -> Tensor:
+        maps = self.class_maps(top, tap)
+        score = resample(maps["top"], grid)  # [N, C, G, G]
+        if "tap" in maps:
+            score = score + resample(maps["tap"], grid)
+        return score
+
+
+class SkipNet(nn.Module):
+    """Backbone taps → `SkipHead` → `[N, C, G, G]` (box) or `[N, C, H, W]` (pixel)."""
+
+    def __init__(self, backbone: TorchvisionBackbone, num_classes: int, top: str, tap: str | None = None,
+                 kernel: int = 3, head_channels: int = 256, grid: int = 67, mode: str = "box",
+                 input_size: int | None = None, freeze_backbone: bool = False) -> None:
+        super().__init__()
+        self.backbone, self.num_classes, self.top, self.tap = backbone, num_classes, top, tap
+        self.grid, self.mode, self.frozen = (grid, grid), mode, freeze_backbone
+        self.input_size = (input_size, input_size) if input_size else None  # the predictor resizes to it
+        tap_channels = backbone.tap(tap).channels if tap else None
+        self.head = SkipHead(backbone.tap(top).channels, num_classes, tap_channels, kernel, head_channels)
+        if freeze_backbone:
+            backbone.requires_grad_(False)
+            backbone.eval()
+
+    @property
+    def output_grid(self) -> tuple[int, int] | None:
+        """(G, G) in box mode: outputs are cells, scored against `target_from_mask`; None per pixel."""
+        return self.grid if self.mode == "box" else None
+
+    def target_from_mask(self, mask: Tensor) -> Tensor:
+        """`[N, H, W]` pixel labels → `[N, G, G]` cell labels (`majority_vote`)."""
+        return majority_vote(mask, self.grid, self.num_classes)
+
+    def train(self, mode: bool = True) -> SkipNet:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()  # frozen batch-norm statistics too
+        return self
+
+    def class_maps(self, x: Tensor) -> dict[str, Tensor]:
+        """The per-class maps z of the top and the tap at their own resolution (the paper's Fig. 4-6)."""
+        taps = self.backbone(x)
+        return self.head.class_maps(taps[self.top], taps[self.tap] if self.tap else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        taps = self.backbone(x)  # {name: [N, C_t, ~H / s_t, ~W / s_t]}
+        score = self.head(taps[self.top], taps[self.tap] if self.tap else None, self.grid)  # [N, C, G, G]
+        if self.mode == "pixel":
+            score = resample(score, (x.shape[-2], x.shape[-1]))  # [N, C, H, W]
+        return score
+
+
+def load_classifier_weights(classifier: nn.Module, backbone: str, pretrained: str | None,
+                            weights: str | Path | None) -> None:
+    """ImageNet weights (torchvision's weights API, its hub cache) or a torchvision-format file,
+    loaded into the whole classifier before its trunk is cut out; the no-download error is init.py's."""
+    if pretrained and weights:
+        raise SkipsegError("give either pretrained=imagenet or weights=FILE, not both")
+    if pretrained:
+        if pretrained != "imagenet":
+            raise SkipsegError(f"pretrained={pretrained!r}: the only pretrained weights are 'imagenet'")
+        source = default_weights(backbone)
+        state = imagenet_state_dict(source)
+    elif weights is not None:
+        source, state = str(weights), read_state_dict(weights)
+    else:
+        return
+    target = classifier.state_dict()
+    state = {k: v for k, v in state.items() if k in target or not k.startswith(_AUX_PREFIXES)}
+    load_exactly(classifier, state, source)
+    logger.info("backbone %s initialised from %s", backbone, source)
+
+
+def check_skip_options(kernel: int, head_channels: int, grid: int, mode: str, input_size: int | None) -> None:
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+        raise SkipsegError(f"model.kernel: {kernel!r}: expected an odd integer >= 1 (3, 5, 7)")
+    for key, value in (("head_channels", head_channels), ("grid", grid), ("input_size", input_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SkipsegError(f"model.{key}: {value!r}: expected an integer >= 1")
+    if mode not in ("box", "pixel"):
+        raise SkipsegError(f"model.mode: {mode!r}: expected box or pixel")
+
+
+@register_model("skipnet", "single skip connection (Yim & Sohn 2017): top + one tap's n×n head on a G×G grid, "
+                           "any torchvision backbone (default Inception-v3)")
+def skipnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
+            init_from: str | None = None, backbone: str = "inception_v3", tap: str | None = None,
+            tap_names: list | None = None, top: str | None = None, kernel: int = 3, head_channels: int = 256,
+            grid: int = 67, mode: str = "box", input_size: int | None = None,
+            freeze_backbone: bool = False) -> SkipNet:
+    """`tap` None = the paper's "no connection" (the top alone). `head_channels`: the paper does not
+    give h's width; one width for every tap keeps the heads' capacity equal across the comparison."""
+    if width != 1.0:
+        raise SkipsegError(f"model.width: {width}: torchvision backbones cannot be scaled, use 1.0 "
+                           "(for a small network pick a small backbone, e.g. resnet18 or mobilenet_v3_small)")
+    check_skip_options(kernel, head_channels, grid, mode, input_size)
+    names, top = resolve_taps(backbone, tap_names, top)
+    _, tap_name = resolve_tap(tap, names)
+    classifier = build_classifier(backbone)
+    if init_from is None:
+        load_classifier_weights(classifier, backbone, pretrained, weights)
+    taps = [*names, *([tap_name] if tap_name else []), top]
+    model = SkipNet(TorchvisionBackbone(backbone, taps, classifier), num_classes, top, tap_name, kernel,
+                    head_channels, grid, mode, input_size, freeze_backbone)
+    if init_from is not None:
+        init_from_checkpoint(model, init_from)
+    return model

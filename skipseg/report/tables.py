@@ -1,0 +1,194 @@
+"""Tables 1-3 of the skip study as Markdown and CSV, from the runs' final metrics; `collect` merges
+the run folders of one or more sweep folders (shards) into a report (tables + score maps).
+
+Table 1: mIoU per connection (its best n). Table 2: mIoU per connection and n. Table 3: the best
+configuration next to other systems (background IoU and mean IoU), read from their run folders.
+Rows follow the paper: no connection first, then the taps from the top down. All figures are
+percentages of the whole-val-split scores (`metrics.py`); a run not (yet) found shows "—".
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Sequence
+
+from skipseg.errors import SkipsegError
+
+Table = tuple[list[str], list[list[str]]]
+MISSING = "—"
+
+
+def pct(value: float | None) -> str:
+    return MISSING if value is None else f"{100 * value:.2f}"
+
+
+def background_iou(scores: dict) -> float | None:
+    """IoU of the class named "background" (else class 0)."""
+    names, ious = scores.get("class_names") or [], scores.get("per_class_iou") or []
+    index = names.index("background") if "background" in names else 0
+    return ious[index] if index < len(ious) else None
+
+
+def _order(labels: Sequence[str | None]) -> list[str | None]:
+    """No connection first, then numbered taps from the highest down, then named taps as planned."""
+    numbered = sorted({lb for lb in labels if lb is not None and lb.isdigit()}, key=int, reverse=True)
+    named = list(dict.fromkeys(lb for lb in labels if lb is not None and not lb.isdigit()))
+    return ([None] if None in labels else []) + numbered + named
+
+
+def _connection(label: str | None) -> str:
+    return "No connection" if label is None else label
+
+
+def best_by_tap(records: Sequence[dict]) -> dict[str | None, dict]:
+    """For each tap label, the record of its best n (by mean IoU)."""
+    best: dict[str | None, dict] = {}
+    for rec in records:
+        label, current = rec.get("label"), best.get(rec.get("label"))
+        if current is None or (rec.get("mean_iou") or -1) > (current.get("mean_iou") or -1):
+            best[label] = rec
+    return best
+
+
+def table1(records: Sequence[dict], labels: Sequence[str | None]) -> Table:
+    best = best_by_tap(records)
+    rows = []
+    for label in _order(labels):
+        rec = best.get(label, {})
+        n = rec.get("kernel") if label is not None and rec else None
+        rows.append([_connection(label), rec.get("tap") or ("top only" if label is None else MISSING),
+                     str(n) if n else MISSING, pct(rec.get("mean_iou")), pct(background_iou(rec) if rec else None)])
+    return ["Connection", "Tap", "best n", "mIoU", "Background IoU"], rows
+
+
+def table2(records: Sequence[dict], labels: Sequence[str | None], kernels: Sequence[int]) -> Table:
+    by_key = {(r.get("label"), r.get("kernel")): r for r in records}
+    taps = {r.get("label"): r.get("tap") for r in records}
+    rows = []
+    for label in _order(labels):
+        if label is None:  # n does not apply: the same figure in every column
+            value = pct(by_key.get((None, None), {}).get("mean_iou"))
+            rows.append([_connection(None), "top only", *([value] * len(kernels))])
+        else:
+            rows.append([label, taps.get(label) or MISSING,
+                         *(pct(by_key.get((label, k), {}).get("mean_iou")) for k in kernels)])
+    return ["Connection", "Tap", *(f"n = {k}" for k in kernels)], rows
+
+
+def compare_metrics(path: str | Path) -> dict:
+    """`{mean_iou, background}` of another system: a metrics.json file, a folder holding one (a run of
+    this sweep, `skipseg evaluate --out`), or a training run's metrics.csv (last validation; its
+    background IoU is not logged there)."""
+    path = Path(path)
+    candidates = [path] if path.is_file() else [path / "metrics.json", path / "eval" / "metrics.json"]
+    for candidate in candidates:
+        if candidate.is_file() and candidate.suffix == ".json":
+            scores = json.loads(candidate.read_text())
+            return {"mean_iou": scores.get("mean_iou"), "background": background_iou(scores), "source": str(candidate)}
+    if (path / "metrics.csv").is_file():
+        from skipseg.engine.logbook import read_metrics
+
+        val = [row for row in read_metrics(path) if row["split"] == "val"]
+        if val:
+            return {"mean_iou": val[-1]["mean_iou"], "background": None, "source": str(path / "metrics.csv")}
+    raise SkipsegError(f"{path}: no metrics.json (run `skipseg evaluate RUN --out {path}`) or validated metrics.csv")
+
+
+def table3(records: Sequence[dict], method: str, compare: Sequence[tuple[str, str]]) -> Table:
+    rows = []
+    if records:
+        best = max(records, key=lambda r: r.get("mean_iou") or -1)
+        which = "no connection" if best.get("label") is None else f"tap {best['label']}, n = {best['kernel']}"
+        rows.append([f"{method} ({which})", pct(background_iou(best)), pct(best.get("mean_iou"))])
+    for name, run in compare:
+        try:
+            found = compare_metrics(run)
+        except SkipsegError:  # not trained or evaluated yet: the table still comes out
+            rows.append([f"{name} (no metrics in {run})", MISSING, MISSING])
+            continue
+        rows.append([name, pct(found["background"]), pct(found["mean_iou"])])
+    return ["Method", "Background", "Mean IoU"], rows
+
+
+def markdown(table: Table) -> str:
+    header, rows = table
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def write_csv(path: Path, table: Table) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(table[0])
+        writer.writerows(table[1])
+
+
+CAPTIONS = {
+    "table1": "Table 1. mIoU (%) per connection, each with its best filter size n.",
+    "table2": "Table 2. mIoU (%) per connection and filter size n.",
+    "table3": "Table 3. Comparison with other methods (IoU, %).",
+}
+
+
+def write_tables(records: Sequence[dict], labels: Sequence[str | None], kernels: Sequence[int], method: str,
+                 compare: Sequence[tuple[str, str]], out_dir: str | Path, note: str = "") -> dict[str, Path]:
+    """table1/2/3 `.md` and `.csv` and `tables.md` (all three) in `out_dir`; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = {"table1": table1(records, labels), "table2": table2(records, labels, kernels),
+              "table3": table3(records, method, compare)}
+    paths: dict[str, Path] = {}
+    sections = [f"# Single-skip-connection study: {method}", note]
+    for name, table in tables.items():
+        text = f"{CAPTIONS[name]}\n\n{markdown(table)}\n"
+        (out_dir / f"{name}.md").write_text(text)
+        write_csv(out_dir / f"{name}.csv", table)
+        paths[name] = out_dir / f"{name}.md"
+        sections.append(text)
+    (out_dir / "tables.md").write_text("\n\n".join(s for s in sections if s) + "\n")
+    paths["tables"] = out_dir / "tables.md"
+    return paths
+
+
+def collect(dirs: Sequence[str | Path], out: str | Path | None = None, score_maps: bool = True) -> dict:
+    """Merge the finished runs of `dirs` (sweep folders of the same sweep) into `out` (default the
+    first folder's `report/`). Returns `{"report", "tables", "score_maps", "found", "missing"}`."""
+    from skipseg.engine.sweep import read_plan, records
+    from skipseg.report.score_maps import sweep_score_maps
+
+    dirs = [Path(d) for d in dirs]
+    config, plan = read_plan(dirs[0])
+    for other in dirs[1:]:
+        if read_plan(other)[1] != plan:
+            raise SkipsegError(f"{other}: holds another sweep than {dirs[0]} (plan.json differs)")
+    mode = config.sweep.mode
+    found, missing = records(dirs, plan, mode)
+    report = Path(out) if out else dirs[0] / "report"
+    labels = list(dict.fromkeys(r.label for r in plan))
+    backbone = config.model.backbone or "inception_v3"
+    method = f"skipnet on {backbone} ({config.model.mode or 'box'}-wise, {mode} runs)"
+    note = (f"{len(found)} of {len(plan)} configurations found"
+            + (f"; missing: {', '.join(missing)}" if missing else "") + f". Sweep folders: {', '.join(map(str, dirs))}.")
+    compare = [(c.name, c.run) for c in config.sweep.compare]
+    tables = write_tables(found, labels, config.sweep.kernels, method, compare, report, note)
+    maps = sweep_score_maps(config, found, dirs, mode, report / "score_maps") if score_maps and found else []
+    summary = {"found": [r["name"] for r in found], "missing": missing, **_train_seconds(dirs, plan, mode)}
+    (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return {"report": report, "tables": tables, "score_maps": maps, **summary}
+
+
+def _train_seconds(dirs: Sequence[Path], plan, mode: str) -> dict[str, float]:
+    """Total training wall and CPU time of the runs found (what probe mode is measured against)."""
+    names = ["probe"] if mode == "probe" else [r.name for r in plan]
+    total = {"train_seconds": 0.0, "train_cpu_seconds": 0.0}
+    for name in names:
+        for folder in dirs:
+            path = folder / "runs" / name / "metrics.json"
+            if path.is_file():
+                metrics = json.loads(path.read_text())
+                for key in total:
+                    total[key] += metrics.get(key) or 0.0
+                break
+    return total

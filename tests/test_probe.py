@@ -1,0 +1,89 @@
+"""Probe mode: one frozen backbone pass per batch for every head; each head learns what it would
+learn alone on the frozen features; the sweep's tables come out the same."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_train_config
+from skipseg.cli import main
+from skipseg.engine.checkpoint import load_checkpoint
+from skipseg.engine.evaluator import evaluate_model
+from skipseg.engine.probe import HeadSpec, build_probe, probe_from_run
+from skipseg.engine.runtime import Runtime
+from skipseg.models.skipnet import SkipNet
+from test_sweep import tiny_sweep
+
+CPU = Runtime(torch.device("cpu"), None, False)
+HEADS = [HeadSpec("noskip", None, None), HeadSpec("tap2_k3", "layer1.0", 3), HeadSpec("tap2_k5", "layer1.0", 5),
+         HeadSpec("tap5_k3", "layer3.0", 3)]
+
+
+def probe_config(root, *extra):
+    return tiny_train_config(root, "model.name=skipnet", "model.width=1.0", "model.backbone=resnet18",
+                             "model.head_channels=8", "model.grid=5", *extra)
+
+
+@pytest.mark.parametrize("mode", ["box", "pixel"])
+def test_one_backbone_pass_feeds_every_head(shapes_root, mode):
+    model = build_probe(probe_config(shapes_root, f"model.mode={mode}"), HEADS).train()
+    calls = []
+    model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    out = model(torch.randn(2, 3, 41, 37))
+    assert len(calls) == 1 and list(out) == [h.name for h in HEADS]
+    assert all(z.shape == ((2, 21, 5, 5) if mode == "box" else (2, 21, 41, 37)) for z in out.values())
+    assert not model.backbone.training and not any(p.requires_grad for p in model.backbone.parameters())
+    assert model.heads["tap2_k5"].conv_tap.kernel_size == (5, 5) and not model.heads["noskip"].has_tap
+
+
+def test_each_head_gets_the_gradient_it_would_get_alone(shapes_root):
+    torch.manual_seed(0)
+    probe = build_probe(probe_config(shapes_root), HEADS).train()
+    for head in probe.heads.values():  # away from the zero init, so every layer gets a gradient
+        for p in head.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+    x, mask = torch.randn(2, 3, 41, 37), torch.randint(0, 21, (2, 41, 37))
+    target = probe.target_from_mask(mask)
+    sum(F.cross_entropy(z, target, ignore_index=255) for z in probe(x).values()).backward()
+    alone = SkipNet(probe.backbone, 21, "layer4.1", "layer1.0", kernel=5, head_channels=8, grid=5,
+                    freeze_backbone=True).train()
+    alone.head.load_state_dict(probe.heads["tap2_k5"].state_dict())
+    F.cross_entropy(alone(x), target, ignore_index=255).backward()
+    for (name, a), b in zip(alone.head.named_parameters(), probe.heads["tap2_k5"].parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_probe_sweep_gives_the_separate_sweeps_tables(tmp_path, shapes_root):
+    config = tiny_sweep(tmp_path, shapes_root)
+    for mode in ("separate", "probe"):
+        assert main(["sweep", str(config), f"sweep.mode={mode}", "--out", str(tmp_path / mode),
+                     "--no-progress", "--no-score-maps"]) == 0
+    for table in ("table1.csv", "table2.csv", "table3.csv"):
+        separate = (tmp_path / "separate" / "report" / table).read_text().splitlines()
+        probe = (tmp_path / "probe" / "report" / table).read_text().splitlines()
+        assert separate[0] == probe[0] and len(separate) == len(probe)
+        assert [r.split(",")[0] for r in separate] == [r.split(",")[0] for r in probe]
+        assert all("—" not in row.split(",")[-1] for row in probe[1:])
+
+    run = tmp_path / "probe" / "runs" / "probe"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sorted(metrics["heads"]) == ["noskip", "tap2_k3"] and metrics["iterations"] == 2
+    # the backbone did not move: the checkpoint's equals a fresh build with the run's seed
+    torch.manual_seed(0)
+    fresh = build_probe(probe_config(shapes_root), [HeadSpec("noskip", None, None)]).backbone.state_dict()
+    trained = load_checkpoint(run, prefer="last")["model"]
+    assert all(torch.equal(trained[f"backbone.{k}"], v) for k, v in fresh.items())
+    # a head scored on its own (as a SkipNet) gives the probe's figures for it
+    probe = probe_from_run(run)
+    alone = SkipNet(probe.backbone, 21, probe.top, "layer1.0", kernel=3, head_channels=8, grid=5)
+    alone.head.load_state_dict(probe.heads["tap2_k3"].state_dict())
+    from skipseg.data.transforms import eval_transforms
+    from skipseg.data.voc import open_dataset
+
+    scores = evaluate_model(alone, open_dataset(shapes_root, "val", transforms=eval_transforms()), CPU,
+                            workers=0, progress=False)
+    assert scores["mean_iou"] == pytest.approx(metrics["heads"]["tap2_k3"]["mean_iou"])
+    assert scores["per_class_iou"] == pytest.approx(metrics["heads"]["tap2_k3"]["per_class_iou"], nan_ok=True)
