@@ -122,3 +122,38 @@ def test_fixed_input_size_models_get_resized_inputs():
     probs = predict_probs(FixedInput(), torch.randn(2, 3, 45, 61), runtime, flip=True)
     assert probs.shape == (2, 3, 45, 61)
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 45, 61))
+
+
+def test_proposal_wise_crf_ensemble_evaluation(tmp_path, trained_run, shapes_root):
+    out = tmp_path / "edeconv"
+    assert main(["evaluate", str(trained_run), str(trained_run / "checkpoints" / "last.pt"),
+                 "--data", str(shapes_root), "--proposals", "5", "--aggregate", "sum", "--proposal-runs", "1",
+                 "--crf", "--crf-params", "iterations=3", "--out", str(out), "--no-progress", "--workers", "0"]) == 0
+    scores = json.loads((out / "metrics.json").read_text())
+    assert scores["inference"] == {"flip": False, "scales": [1.0], "proposals": 5, "aggregate": "sum", "crf": True}
+    assert scores["num_images"] == 4
+    assert len(list((out / "proposals").iterdir())) == 4  # proposals cached per image
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--proposal-runs", "3"], "--proposal-runs: run 3 does not exist"),
+    (["--crf-params", "sxy=3"], "--crf-params: unknown key 'sxy'"),
+    (["--flip"], "does not combine with --flip"),
+])
+def test_bad_inference_flags(tmp_path, trained_run, shapes_root, capsys, flags, message):
+    code = main(["evaluate", str(trained_run), "--data", str(shapes_root), "--proposals", "3", *flags,
+                 "--out", str(tmp_path / "e"), "--no-progress", "--workers", "0"])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_box_wise_run_is_trained_and_evaluated_on_its_grid(tmp_path, shapes_root):
+    config = tmp_path / "box.yaml"
+    config.write_text(f"model: {{name: skipnet, backbone: resnet18, head_channels: 8, grid: 5, tap: 2, kernel: 3}}\n"
+                      f"data: {{root: {shapes_root}}}\n")
+    run = tmp_path / "run"
+    assert main(["train", str(config), *[o for o in TINY if not o.startswith("model.width")], "--out", str(run),
+                 "--no-progress"]) == 0
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--out", str(out), "--no-progress", "--workers", "0"]) == 0
+    scores = json.loads((out / "metrics.json").read_text())
+    assert scores["num_images"] == 4 and 0.0 <= scores["pixel_acc"] <= 1.0

@@ -24,3 +24,38 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+
+
+def parse_indices(text: str | None, flag: str) -> list[int] | None:
+    """'1,3' (1-based, as users count runs) → [0, 2]; None stays None."""
+    if text is None:
+        return None
+    try:
+        indices = [int(part) - 1 for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SkipsegError(f"{flag}: expected comma-separated run numbers like 1,2, got '{text}'") from None
+    if not indices or min(indices) < 0:
+        raise SkipsegError(f"{flag}: run numbers start at 1, got '{text}'")
+    return indices
+
+
+def parse_crf(text: str | None):
+    """CRF parameters: the reference defaults, with 'key=value,...' overrides."""
+    import dataclasses
+
+    from skipseg.inference.crf import CRFParams
+
+    values: dict = {}
+    fields = {f.name: f.type for f in dataclasses.fields(CRFParams)}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if key not in fields:
+            raise SkipsegError(f"--crf-params: unknown key '{key}'; valid keys: {', '.join(fields)}")
+        try:
+            values[key] = int(raw) if key == "iterations" else float(raw)
+        except ValueError:
+            raise SkipsegError(f"--crf-params: '{key}' needs a number, got '{raw}'") from None
+    return CRFParams(**values)

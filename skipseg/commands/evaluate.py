@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from skipseg.commands._common import add_inference_args, parse_scales
+from skipseg.commands._common import add_inference_args, parse_crf, parse_indices, parse_scales
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,18 +20,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder for metrics.json (and pred/)")
     parser.add_argument("--no-progress", action="store_true")
     add_inference_args(parser)
+    group = parser.add_argument_group("proposal-wise inference and CRF (DeconvNet §3.3, any model)")
+    group.add_argument("--proposals", type=int, default=0, metavar="K",
+                       help="predict on the top-K selective-search proposals (+ the whole image) and aggregate")
+    group.add_argument("--aggregate", choices=("max", "sum"), default="max",
+                       help="pixel-wise max (eq. 1, default) or sum (eq. 2) over proposals")
+    group.add_argument("--proposal-runs", metavar="I,J",
+                       help="1-based indices of the runs predicted proposal-wise (default: all); e.g. "
+                            "EDeconvNet: runs/deconvnet runs/fcn8s --proposals 50 --proposal-runs 1")
+    group.add_argument("--proposal-batch", type=int, default=16, help="crops per forward pass")
+    group.add_argument("--proposal-cache", help="folder caching proposals per image (default: OUT/proposals)")
+    group.add_argument("--crf", action="store_true",
+                       help="dense CRF on the (ensembled) probabilities, reference parameters")
+    group.add_argument("--crf-params", metavar="key=value,...",
+                       help="override CRF parameters, e.g. bilateral_sxy=30,iterations=5")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from skipseg.data.transforms import eval_transforms
     from skipseg.data.voc import open_dataset
-    from skipseg.engine.evaluator import evaluate_dataset
+    from skipseg.engine.evaluator import evaluate_dataset, grid_targets
     from skipseg.engine.runtime import make_runtime
     from skipseg.errors import SkipsegError
-    from skipseg.inference.predictor import model_from_checkpoint, predict_probs
+    from skipseg.inference.pipeline import InferenceOptions, make_probs_fn
+    from skipseg.inference.predictor import model_from_checkpoint
     from skipseg.metrics import format_table
 
     scales = parse_scales(args.scales)
@@ -48,12 +61,20 @@ def run(args: argparse.Namespace) -> int:
     if dataset.num_classes != num_classes:
         raise SkipsegError(f"{root}: has {dataset.num_classes} classes but the model predicts {num_classes}")
 
-    def probs_fn(images: torch.Tensor, _indices: list[int]) -> torch.Tensor:
-        total = sum(predict_probs(model, images, runtime, flip=args.flip, scales=scales) for model, _, _ in models)
-        return total / len(models)
-
     out = Path(args.out)
+    options = InferenceOptions(
+        flip=args.flip, scales=scales, proposals=args.proposals, aggregate=args.aggregate,
+        proposal_batch=args.proposal_batch, proposal_cache=Path(args.proposal_cache or out / "proposals"),
+        proposal_runs=parse_indices(args.proposal_runs, "--proposal-runs"),
+        crf=parse_crf(args.crf_params) if args.crf or args.crf_params else None,
+    )
+    probs_fn = make_probs_fn([m for m, _, _ in models], dataset.image_path, runtime, options)
+    grids = {bool(getattr(m, "output_grid", None)) for m, _, _ in models}
+    if len(grids) > 1 or (grids == {True} and (args.proposals or args.crf)):
+        raise SkipsegError(f"{' '.join(args.runs)}: box-wise (grid) runs are scored on their grid: they ensemble only "
+                           "with each other and take no --proposals or --crf")
     scores = evaluate_dataset(dataset, probs_fn, num_classes, runtime, batch_size=args.batch_size,
+                              target_fn=grid_targets(models[0][0]),
                               workers=args.workers, class_names=dataset.class_names,
                               save_pred_dir=out / "pred" if args.save_pred else None,
                               progress=not args.no_progress)
@@ -61,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         scores["runs"] = [str(p) for p in args.runs]
         scores["split"] = args.split
+        scores["inference"] = {"flip": args.flip, "scales": list(scales), "proposals": args.proposals,
+                               "aggregate": args.aggregate if args.proposals else None, "crf": options.crf is not None}
         (out / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
         print(format_table(scores))
         print(f"metrics → {out / 'metrics.json'}")
