@@ -34,7 +34,7 @@ from skipseg.engine.sampling import SizeGroupedBatchSampler
 from skipseg.engine.trainer import Trainer
 from skipseg.inference.predictor import model_options
 from skipseg.metrics import ConfusionMatrix
-from skipseg.models.skipnet import SkipHead, majority_vote, resample
+from skipseg.models.skipnet import GridPredictor, SkipHead, resample
 
 PROBE_FILE = "probe.json"
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class HeadSpec:
     kernel: int | None
 
 
-class ProbeNet(nn.Module):
+class ProbeNet(GridPredictor, nn.Module):
     """A frozen backbone and one `SkipHead` per `HeadSpec`; `forward(x) -> {name: logits}`."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, top: str, heads: Sequence[HeadSpec],
@@ -67,13 +67,6 @@ class ProbeNet(nn.Module):
         })
         backbone.requires_grad_(False)
         backbone.eval()
-
-    @property
-    def output_grid(self) -> tuple[int, int] | None:
-        return self.grid if self.mode == "box" else None
-
-    def target_from_mask(self, mask: Tensor) -> Tensor:
-        return majority_vote(mask, self.grid, self.num_classes)
 
     def train(self, mode: bool = True) -> ProbeNet:
         super().train(mode)

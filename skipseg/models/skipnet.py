@@ -142,7 +142,25 @@ class SkipHead(nn.Module):
         return score
 
 
-class SkipNet(nn.Module):
+class GridPredictor:
+    """What the engine asks of a model that may predict grid cells (box mode): `output_grid` and
+    `target_from_mask`. Needs `grid` (G, G), `mode` ("box" | "pixel") and `num_classes`."""
+
+    grid: tuple[int, int]
+    mode: str
+    num_classes: int
+
+    @property
+    def output_grid(self) -> tuple[int, int] | None:
+        """(G, G) in box mode: outputs are cells, scored against `target_from_mask`; None per pixel."""
+        return self.grid if self.mode == "box" else None
+
+    def target_from_mask(self, mask: Tensor) -> Tensor:
+        """`[N, H, W]` pixel labels → `[N, G, G]` cell labels (`majority_vote`)."""
+        return majority_vote(mask, self.grid, self.num_classes)
+
+
+class SkipNet(GridPredictor, nn.Module):
     """Backbone taps → `SkipHead` → `[N, C, G, G]` (box) or `[N, C, H, W]` (pixel)."""
 
     def __init__(self, backbone: TorchvisionBackbone, num_classes: int, top: str, tap: str | None = None,
@@ -157,15 +175,6 @@ class SkipNet(nn.Module):
         if freeze_backbone:
             backbone.requires_grad_(False)
             backbone.eval()
-
-    @property
-    def output_grid(self) -> tuple[int, int] | None:
-        """(G, G) in box mode: outputs are cells, scored against `target_from_mask`; None per pixel."""
-        return self.grid if self.mode == "box" else None
-
-    def target_from_mask(self, mask: Tensor) -> Tensor:
-        """`[N, H, W]` pixel labels → `[N, G, G]` cell labels (`majority_vote`)."""
-        return majority_vote(mask, self.grid, self.num_classes)
 
     def train(self, mode: bool = True) -> SkipNet:
         super().train(mode)
