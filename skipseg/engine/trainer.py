@@ -130,8 +130,7 @@ class Trainer:
         to_target = grid_targets(self.model)  # a model predicting grid cells learns their labels
         if to_target is not None:
             masks = [to_target(m) for m in masks]
-        valid = all_reduce_sum(torch.tensor(float(sum(int((m != IGNORE_INDEX).sum()) for m in masks)),
-                                            device=rt.device))
+        valid = all_reduce_sum(sum((m != IGNORE_INDEX).sum() for m in masks).float())  # on device: no sync
         denominator = valid.clamp(min=1.0) if cfg.loss_reduction == "mean" else torch.ones((), device=rt.device)
         total = torch.zeros((), device=rt.device)
         for index, ((images, _), target) in enumerate(zip(batches, masks)):
