@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 from scipy import ndimage
 from torch.utils.data import Dataset
 
 from skipseg.data.palette import IGNORE_INDEX
 from skipseg.data.transforms import IMAGENET_MEAN
-from skipseg.data.voc import BaseSegmentationDataset, Transforms, to_tv_tensors
+from skipseg.data.voc import BaseSegmentationDataset, TransformedItems, Transforms
 from skipseg.errors import SkipsegError
 
 MEAN_PIXEL = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)
@@ -119,7 +118,7 @@ def _map_in_order(fn: Callable[[int], list], n: int, workers: int) -> list:
     return [item for part in parts for item in part]
 
 
-class _CropDataset(Dataset):
+class _CropDataset(TransformedItems, Dataset):
     """What both stages share: samples → (cropped image, cropped mask) → transforms."""
 
     samples: list[CropSample]
@@ -164,12 +163,6 @@ class _CropDataset(Dataset):
             window = extend_box(window, 1.0, classes.shape)
         pixels = crop_padded(np.asarray(image), window, MEAN_PIXEL)
         return Image.fromarray(pixels), crop_padded(mask, window, IGNORE_INDEX)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = to_tv_tensors(*self.load(index))
-        if self.transforms is not None:
-            return self.transforms(image, mask)
-        return image, mask
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base={self.base!r}, samples={len(self)})"

@@ -132,7 +132,20 @@ def to_tv_tensors(image: Image.Image, mask: np.ndarray) -> tuple[tv_tensors.Imag
     return F.to_image(image), tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))
 
 
-class BaseSegmentationDataset(Dataset):
+class TransformedItems:
+    """`dataset[i]` = `transforms(load(i))` as tv_tensors (uint8 image, mask) when no transforms.
+    Needs `load(index) -> (PIL image, (H, W) uint8 mask)` and `transforms`."""
+
+    transforms: Transforms | None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = to_tv_tensors(*self.load(index))  # type: ignore[attr-defined]
+        if self.transforms is not None:
+            return self.transforms(image, mask)
+        return image, mask
+
+
+class BaseSegmentationDataset(TransformedItems, Dataset):
     """What every dataset offers. Subclasses set the attributes and the three `*_path` methods."""
 
     root: Path
@@ -171,12 +184,6 @@ class BaseSegmentationDataset(Dataset):
         if not self.has_objects:
             raise SkipsegError(f"{self.root}: this dataset has no object masks ({OBJECT_DIR}/)")
         return load_object_mask(self.object_path(index), self.image_path(index))
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = to_tv_tensors(*self.load(index))
-        if self.transforms is not None:
-            return self.transforms(image, mask)
-        return image, mask
 
     def __repr__(self) -> str:
         return (
