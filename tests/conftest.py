@@ -123,3 +123,20 @@ def tiny_train_config(root: Path, *overrides: str):
         "train.channels_last=false",
     ]
     return load_config(None, base + list(overrides))
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub cache; any download attempt fails as it would offline. Returns the
+    checkpoints folder where torchvision looks for cached weights."""
+    import urllib.error
+
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("network is unreachable (test)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "torch" / "hub" / "checkpoints"

@@ -3,7 +3,6 @@ channels_last/autocast, and ImageNet (VGG16_BN) initialisation without any downl
 from __future__ import annotations
 
 import json
-import urllib.error
 
 import pytest
 import torch
@@ -193,16 +192,6 @@ def test_weights_file_conv_part_and_fc_surgery(tmp_path) -> None:
     with pytest.raises(SkipsegError, match=r"features\.0\.weight has shape"):
         build_model("deconvnet", width=1 / 16, weights=str(tmp_path / "vgg16_bn.pth"))
 
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def offline(url, dst, *args, **kwargs):
-        raise urllib.error.URLError("network is unreachable (test)")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 def test_pretrained_imagenet_vgg16_bn(hub) -> None:

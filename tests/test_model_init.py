@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import urllib.error
 
 import pytest
 import torch
@@ -116,17 +115,6 @@ def test_weights_file_errors(tmp_path) -> None:
     with pytest.raises(SkipsegError, match="missing"):
         build_model("fcn32s_alexnet", width=TINY, weights=str(tmp_path / "tiny.pth"))  # wrong network
 
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """An empty torch hub cache; any download attempt fails as it would offline."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def offline(url, dst, *args, **kwargs):
-        raise urllib.error.URLError("network is unreachable (test)")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 def test_pretrained_offline_names_the_cache_file(hub) -> None:

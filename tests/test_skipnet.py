@@ -123,13 +123,7 @@ def test_inception_weights_file_with_aux_heads(tmp_path):
     assert all(torch.equal(got[k], want[k]) for k in got)
 
 
-def test_pretrained_offline_names_the_cache_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def offline(*args, **kwargs):
-        raise OSError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+def test_pretrained_offline_names_the_cache_file(hub):
     path = model_init.hub_cache_path(default_weights("resnet18"))
     with pytest.raises(SkipsegError, match="not cached") as error:
         build_model("skipnet", pretrained="imagenet", **SMALL)
