@@ -12,11 +12,12 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from skipseg.data.palette import save_label_png
+from skipseg.data.transforms import normalize
 from skipseg.engine.loading import guarded_batches
 from skipseg.engine.runtime import Runtime
 from skipseg.engine.sampling import SizeGroupedBatchSampler
 from skipseg.errors import SkipsegError
-from skipseg.inference.predictor import load_image_tensor, overlay, predict_probs
+from skipseg.inference.predictor import overlay, predict_probs, read_rgb_tensor
 
 
 class _ImageFiles(Dataset):
@@ -27,7 +28,7 @@ class _ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        return load_image_tensor(self.paths[index]), index
+        return read_rgb_tensor(self.paths[index]), index  # uint8: normalised per batch, reused for overlays
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -50,13 +51,12 @@ def predict_files(model: nn.Module, paths: Sequence[Path], out_dir: Path, runtim
     loader = guarded_batches(_ImageFiles(paths), sampler, workers)
     written = 0
     with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
-        for images, indices in loader:
-            labels = predict_probs(model, images, runtime, flip=flip, scales=scales).argmax(1)
-            for label, index in zip(labels.cpu().numpy().astype(np.uint8), indices.tolist()):
+        for images, indices in loader:  # images: uint8 [N, 3, H, W], each file decoded once
+            labels = predict_probs(model, normalize(images), runtime, flip=flip, scales=scales).argmax(1)
+            rgbs = images.permute(0, 2, 3, 1).numpy()
+            for label, rgb, index in zip(labels.cpu().numpy().astype(np.uint8), rgbs, indices.tolist()):
                 path = paths[index]
                 save_label_png(out_dir / f"{path.stem}.png", label)
-                with Image.open(path) as image:
-                    rgb = np.asarray(image.convert("RGB"))
                 Image.fromarray(overlay(rgb, label)).save(out_dir / f"{path.stem}_overlay.jpg", quality=90)
                 written += 1
             bar.update(len(indices))

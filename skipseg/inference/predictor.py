@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,27 +84,22 @@ def model_options(config: Config, with_init: bool = True) -> dict[str, Any]:
     return options
 
 
-def load_image_tensor(path: str | Path) -> torch.Tensor:
-    """An image file as a normalised `[3, H, W]` float tensor (any PIL mode converted to RGB)."""
+def read_rgb_tensor(path: str | Path) -> torch.Tensor:
+    """An image file as a uint8 `[3, H, W]` RGB tensor (any PIL mode converted); unreadable → one-line error."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as TF
 
-    from skipseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from skipseg.errors import SkipsegError
 
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB")
+            return TF.pil_to_tensor(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise SkipsegError(f"{path}: not a readable image ({exc})") from None
-    tensor = TF.to_dtype(TF.to_image(rgb), torch.float32, scale=True)
-    return TF.normalize(tensor, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
-def overlay(image: "np.ndarray", label: "np.ndarray", alpha: float = 0.5) -> "np.ndarray":
+def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend the VOC colours of `label` over an `(H, W, 3)` uint8 image (background left as is)."""
-    import numpy as np
-
     from skipseg.data.palette import colorize
 
     blended = image.astype(np.float32)
