@@ -255,10 +255,10 @@ def test_interrupted_run_leaves_no_lists(tmp_path, monkeypatch):
     generate_shapes(root, train=3, val=1, size=SIZE)  # a complete earlier run, then a failing one
     real = writer.render_scene
 
-    def failing(seed, index, size):
+    def failing(seed, index, size, spec):
         if index == 2:
             raise RuntimeError("disk full")
-        return real(seed, index, size)
+        return real(seed, index, size, spec)
 
     monkeypatch.setattr(writer, "render_scene", failing)
     for workers in (0, 2):
@@ -272,3 +272,29 @@ def test_interrupted_run_leaves_no_lists(tmp_path, monkeypatch):
 
 def test_shape_families_are_distinct():
     assert len(shapes.SHAPE_NAMES) == 20 == len(set(shapes.SHAPE_NAMES))
+
+
+def test_scene_spec_narrows_classes_scales_and_objects(tmp_path):
+    spec = shapes.SceneSpec(classes=4, min_scale=0.3, max_scale=0.7, max_objects=2, clutter=0.0)
+    root = tmp_path / "easy"
+    summary = generate_shapes(root, train=12, val=2, size=SIZE, seed=5, spec=spec)
+    assert summary["num_classes"] == 5 and summary["scene"]["classes"] == 4
+    assert (root / "classes.txt").read_text().split() == list(VOC_CLASSES[:5])
+    assert "4 object classes" in format_summary(summary)
+    for i in range(14):
+        _, cls, obj, _ = render_shapes_image(5, i, SIZE, spec)
+        present = set(np.unique(cls).tolist()) - {255}
+        assert present <= {0, 1, 2, 3, 4}
+        assert 1 <= len(set(np.unique(obj).tolist()) - {0, 255}) <= 2
+    # the default spec is the embedded dataset itself, byte for byte
+    a = render_shapes_image(3, 7, SIZE)
+    b = render_shapes_image(3, 7, SIZE, shapes.SceneSpec())
+    assert all(np.array_equal(x, y) for x, y in zip(a[:3], b[:3]))
+
+
+@pytest.mark.parametrize("bad, key", [({"classes": 0}, "classes"), ({"classes": 21}, "classes"),
+                                      ({"min_scale": 0.8, "max_scale": 0.5}, "min_scale"),
+                                      ({"clutter": -1}, "clutter")])
+def test_scene_spec_rejects_bad_values(bad, key):
+    with pytest.raises(SkipsegError, match=key):
+        shapes.SceneSpec(**bad)

@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shapes.add_argument("--val", type=_count, default=50, help="validation images (default 50)")
     shapes.add_argument("--size", type=_positive, default=128, help="image side in pixels (default 128)")
     shapes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    scene = shapes.add_argument_group("scene (defaults: the embedded dataset; smaller = an easier variant)")
+    scene.add_argument("--classes", type=_positive, default=20, help="object classes, 1..20 (default 20)")
+    scene.add_argument("--min-scale", type=float, default=0.05, help="smallest object extent / side (0.05)")
+    scene.add_argument("--max-scale", type=float, default=0.9, help="largest object extent / side (0.9)")
+    scene.add_argument("--max-objects", type=_positive, default=6, help="objects per image, at most (6)")
+    scene.add_argument("--clutter", type=float, default=1.0, help="distractor amount, 0..4 (default 1)")
     shapes.add_argument("--workers", type=_count, default=min(4, os.cpu_count() or 1),
                         help="worker processes (default: the cores, at most 4; 0 = in-process)")
     shapes.set_defaults(func=run_shapes)
@@ -54,7 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
-    from skipseg.data.shapes import format_summary, generate_shapes  # heavy; only when asked
+    from skipseg.data.shapes import SceneSpec, format_summary, generate_shapes  # heavy; only when asked
+
+    spec = SceneSpec(classes=args.classes, min_scale=args.min_scale, max_scale=args.max_scale,
+                     max_objects=args.max_objects, clutter=args.clutter)
 
     summary = generate_shapes(
         args.out,
@@ -64,6 +73,7 @@ def run_shapes(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         progress=sys.stderr.isatty(),
+        spec=spec,
     )
     print(format_summary(summary))
     return 0

@@ -10,8 +10,9 @@ Image `shapes_<n>` is a pure function of (seed, n, size): the same arguments giv
 files whatever the number of workers, and ids keep their content when --train/--val change.
 """
 from skipseg.data.shapes.geometry import SHAPE_NAMES
-from skipseg.data.shapes.render import MAX_OBJECTS, NUM_CLASSES, SCALE_RANGE, band_radius, render_shapes_image, void_band
+from skipseg.data.shapes.render import (MAX_OBJECTS, NUM_CLASSES, SCALE_RANGE, SceneSpec, band_radius,
+                                        render_shapes_image, void_band)
 from skipseg.data.shapes.writer import META_FILE, format_summary, generate_shapes
 
-__all__ = ["MAX_OBJECTS", "META_FILE", "NUM_CLASSES", "SCALE_RANGE", "SHAPE_NAMES", "band_radius",
+__all__ = ["MAX_OBJECTS", "META_FILE", "NUM_CLASSES", "SCALE_RANGE", "SHAPE_NAMES", "SceneSpec", "band_radius",
            "format_summary", "generate_shapes", "render_shapes_image", "void_band"]

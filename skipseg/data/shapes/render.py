@@ -7,6 +7,7 @@ from __future__ import annotations
 import colorsys
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -17,6 +18,32 @@ from skipseg.data.shapes.geometry import VARIANTS, Shape, jagged_blob
 NUM_CLASSES = len(VOC_CLASSES)  # 21, background included
 SCALE_RANGE = (0.05, 0.9)  # object extent as a fraction of the image side, log-uniform
 MAX_OBJECTS = 6
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """What a scene may contain. The defaults are the embedded dataset (all 20 classes, tiny to
+    image-filling, up to 6 objects, full clutter); smaller settings make an easier variant for a
+    short CPU budget (the demo), drawn by the same renderer."""
+
+    classes: int = NUM_CLASSES - 1  # object classes 1..classes (shape families in SHAPE_NAMES order)
+    min_scale: float = SCALE_RANGE[0]  # object extent as a fraction of the image side, log-uniform
+    max_scale: float = SCALE_RANGE[1]
+    max_objects: int = MAX_OBJECTS
+    clutter: float = 1.0  # multiplies the number of distractor blobs and lines (0 = a plain background)
+
+    def __post_init__(self) -> None:
+        from skipseg.errors import SkipsegError
+
+        if not 1 <= self.classes <= NUM_CLASSES - 1:
+            raise SkipsegError(f"classes: {self.classes}, expected 1..{NUM_CLASSES - 1}")
+        if not 0.01 <= self.min_scale <= self.max_scale <= 1.0:
+            raise SkipsegError(f"min_scale/max_scale: {self.min_scale}/{self.max_scale}, expected "
+                               "0.01 <= min_scale <= max_scale <= 1")
+        if not 1 <= self.max_objects <= 20:
+            raise SkipsegError(f"max_objects: {self.max_objects}, expected 1..20")
+        if not 0.0 <= self.clutter <= 4.0:
+            raise SkipsegError(f"clutter: {self.clutter}, expected 0..4")
 
 # --------------------------------------------------------------------------------------- textures
 # Images are built planar, (3, H, W) float32: numpy is several times faster on long inner loops
@@ -154,16 +181,18 @@ def band_radius(size: int) -> int:
     return max(1, round(size / 192))
 
 
-def render_scene(seed: int, index: int, size: int) -> tuple[Image.Image, np.ndarray, np.ndarray, int]:
+def render_scene(seed: int, index: int, size: int, spec: SceneSpec = SceneSpec()
+                 ) -> tuple[Image.Image, np.ndarray, np.ndarray, int]:
     rng = np.random.default_rng([seed, index])
     img = _background(rng, size)
     # Distractors under the objects, labelled background: jagged textured blobs, then lines.
-    for _ in range(int(rng.integers(0, 4))):
+    # (Counts are drawn first and then scaled, so the default spec keeps its byte-exact images.)
+    for _ in range(round(int(rng.integers(0, 4)) * spec.clutter)):
         scale = math.exp(rng.uniform(math.log(0.05), math.log(0.4)))
         placed = _place(rng, jagged_blob(rng), size, scale)
         if placed is not None:
             _paint(rng, img, placed, _colour(rng))
-    n_lines = int(rng.integers(0, 6))
+    n_lines = round(int(rng.integers(0, 6)) * spec.clutter)
     if n_lines:
         canvas = Image.new("L", (size, size), 0)
         draw = ImageDraw.Draw(canvas)
@@ -177,10 +206,11 @@ def render_scene(seed: int, index: int, size: int) -> tuple[Image.Image, np.ndar
 
     # Objects: big ones first (mostly), so small ones sit on top; a placement that would hide more
     # than 70 % of an earlier object is retried (up to 3 times, then kept: heavy occlusion happens).
-    n = int(rng.integers(1, MAX_OBJECTS + 1))
-    classes = rng.integers(1, NUM_CLASSES, n)
-    scales = np.exp(rng.uniform(math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1]), n))
-    scales[0] = math.exp(rng.uniform(math.log(0.25), math.log(SCALE_RANGE[1])))  # a main object
+    n = int(rng.integers(1, spec.max_objects + 1))
+    classes = rng.integers(1, spec.classes + 1, n)
+    scales = np.exp(rng.uniform(math.log(spec.min_scale), math.log(spec.max_scale), n))
+    main_low = min(max(0.25, spec.min_scale), spec.max_scale)
+    scales[0] = math.exp(rng.uniform(math.log(main_low), math.log(spec.max_scale)))  # a main object
     order = np.argsort(-(np.log(scales) + rng.normal(0, 0.5, n)), kind="stable")
     obj = np.zeros((size, size), np.uint8)
     full_area = np.zeros(n + 1, np.int64)
@@ -249,9 +279,10 @@ def render_scene(seed: int, index: int, size: int) -> tuple[Image.Image, np.ndar
     return rgb, cls_map, obj, int(rng.integers(60, 96))
 
 
-def render_shapes_image(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def render_shapes_image(seed: int, index: int, size: int, spec: SceneSpec = SceneSpec()
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Render image `index` of the dataset with `seed`, in memory: (RGB uint8 (H, W, 3) before JPEG,
     class mask, object mask, JPEG quality). Masks are uint8 (H, W) with 255 on the border band."""
-    rgb, cls_map, obj, quality = render_scene(seed, index, size)
+    rgb, cls_map, obj, quality = render_scene(seed, index, size, spec)
     return np.asarray(rgb), cls_map, obj, quality
 

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from dataclasses import asdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from skipseg.data.palette import IGNORE_INDEX, VOC_CLASSES, label_to_image
-from skipseg.data.shapes.render import NUM_CLASSES, render_scene
+from skipseg.data.shapes.render import SceneSpec, render_scene
 from skipseg.errors import SkipsegError
 
 GENERATOR_VERSION = 1
@@ -35,7 +36,7 @@ def _save(image: Image.Image, path: Path, **params) -> None:
     path.write_bytes(buffer.getbuffer())
 
 
-def _store(root: str, index: int, rendered: tuple) -> tuple[int, np.ndarray]:
+def _store(root: str, index: int, rendered: tuple, num_classes: int) -> tuple[int, np.ndarray]:
     """Encode and write one rendered image and its masks; return (objects, class pixel counts)."""
     rgb, cls_map, obj, quality = rendered
     name, base = _image_id(index), Path(root)
@@ -44,22 +45,26 @@ def _store(root: str, index: int, rendered: tuple) -> tuple[int, np.ndarray]:
           optimize=False)
     _save(label_to_image(obj), base / "SegmentationObject" / f"{name}.png", format="PNG", optimize=False)
     n_obj = int(np.count_nonzero(np.bincount(obj.ravel(), minlength=256)[1:IGNORE_INDEX]))
-    return n_obj, np.bincount(cls_map.ravel(), minlength=256)[:NUM_CLASSES]
+    return n_obj, np.bincount(cls_map.ravel(), minlength=256)[:num_classes]
 
 
-def _write_one(task: tuple[str, int, int, int]) -> tuple[int, np.ndarray]:
-    root, seed, size, index = task
-    return _store(root, index, render_scene(seed, index, size))
+Task = tuple[str, int, int, int, SceneSpec]  # root, seed, size, index, spec
 
 
-def _write_inline(tasks: list[tuple[str, int, int, int]]) -> Iterator[tuple[int, np.ndarray]]:
+def _write_one(task: Task) -> tuple[int, np.ndarray]:
+    root, seed, size, index, spec = task
+    return _store(root, index, render_scene(seed, index, size, spec), spec.classes + 1)
+
+
+def _write_inline(tasks: list[Task]) -> Iterator[tuple[int, np.ndarray]]:
     """workers=0: render here while one thread encodes and writes the previous images (encoders and
     file creation release the GIL, and creating files is slow on some file systems)."""
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=1) as writer:
         try:
-            for root, seed, size, index in tasks:
-                pending.append(writer.submit(_store, root, index, render_scene(seed, index, size)))
+            for root, seed, size, index, spec in tasks:
+                pending.append(writer.submit(_store, root, index, render_scene(seed, index, size, spec),
+                                             spec.classes + 1))
                 while len(pending) > 4 or (pending and pending[0].done()):
                     yield pending.popleft().result()
             while pending:
@@ -85,13 +90,14 @@ def _write_text_atomic(path: Path, lines: list[str]) -> None:
 
 
 def generate_shapes(out: str | Path, train: int = 200, val: int = 50, size: int = 128, seed: int = 0,
-                    workers: int = 0, progress: bool = False) -> dict:
+                    workers: int = 0, progress: bool = False, spec: SceneSpec = SceneSpec()) -> dict:
     """Write a VOC-layout dataset to `out`; return a summary dict.
 
     Layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png and SegmentationObject/<id>.png
     (palette PNGs, 255 = void band), ImageSets/Segmentation/{train,val,trainval}.txt, classes.txt
     and shapes.json (the generator's arguments). The ImageSets lists are written last, so an
-    interrupted run leaves no lists behind and is not mistaken for a complete dataset. Train ids are
+    interrupted run leaves no lists behind and is not mistaken for a complete dataset. `spec` narrows
+    what a scene holds (fewer classes — the first VOC names —, larger or fewer objects, less clutter). Train ids are
     shapes_000000.., val ids follow them. `workers` > 1 renders in a process pool (0 or 1: in this
     process, with one thread writing files); files are byte-identical for any `workers`. Regenerating into an earlier output folder overwrites it (files
     of ids no longer listed stay, unlisted); a folder holding another dataset's lists is refused.
@@ -116,14 +122,15 @@ def generate_shapes(out: str | Path, train: int = 200, val: int = 50, size: int 
     for split in ("train", "val", "trainval"):  # an earlier run's lists would claim completeness
         (lists_dir / f"{split}.txt").unlink(missing_ok=True)
     meta = {"generator": "skipseg.data.shapes", "version": GENERATOR_VERSION, "train": train,
-            "val": val, "size": size, "seed": seed}
+            "val": val, "size": size, "seed": seed, "scene": asdict(spec)}
     (root / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     start = time.perf_counter()
     n = train + val
-    tasks = [(str(root), seed, size, i) for i in range(n)]
+    tasks = [(str(root), seed, size, i, spec) for i in range(n)]
+    num_classes = spec.classes + 1
     n_objects = 0
-    class_pixels = np.zeros(NUM_CLASSES, np.int64)
+    class_pixels = np.zeros(num_classes, np.int64)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -148,7 +155,7 @@ def generate_shapes(out: str | Path, train: int = 200, val: int = 50, size: int 
             bar.close()
 
     ids = [_image_id(i) for i in range(n)]
-    (root / "classes.txt").write_text("".join(f"{c}\n" for c in VOC_CLASSES))
+    (root / "classes.txt").write_text("".join(f"{c}\n" for c in VOC_CLASSES[:num_classes]))
     _write_text_atomic(lists_dir / "train.txt", ids[:train])
     _write_text_atomic(lists_dir / "val.txt", ids[train:])
     _write_text_atomic(lists_dir / "trainval.txt", ids)
@@ -156,10 +163,15 @@ def generate_shapes(out: str | Path, train: int = 200, val: int = 50, size: int 
     labelled = max(int(class_pixels.sum()), 1)
     return {
         "root": str(root), "num_train": train, "num_val": val, "size": size, "seed": seed,
-        "num_classes": NUM_CLASSES, "seconds": seconds, "images_per_s": n / max(seconds, 1e-9),
-        "objects_per_image": n_objects / n,
+        "num_classes": num_classes, "seconds": seconds, "images_per_s": n / max(seconds, 1e-9),
+        "objects_per_image": n_objects / n, "scene": asdict(spec),
         "class_pixel_fraction": [float(c) / labelled for c in class_pixels],
     }
+
+
+def _scene_text(scene: dict) -> str:
+    return (f"{scene['classes']} object classes, extent {scene['min_scale']:g}-{scene['max_scale']:g} of the side, "
+            f"at most {scene['max_objects']} objects, clutter {scene['clutter']:g}")
 
 
 def format_summary(summary: dict) -> str:
@@ -175,6 +187,7 @@ def format_summary(summary: dict) -> str:
         f"  objects per image: {summary['objects_per_image']:.2f}; labelled pixels: "
         f"background {frac[0]:.1%}, objects {1 - frac[0]:.1%} "
         f"(most: {', '.join(f'{VOC_CLASSES[c]} {frac[c]:.1%}' for c in objects[:3])})",
+        *([f"  scene: {_scene_text(summary['scene'])}"] if summary.get("scene", {}) != asdict(SceneSpec()) else []),
         f"  time: {summary['seconds']:.1f} s ({summary['images_per_s']:.0f} images/s)",
     ]
     if rare:
