@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import yaml
 
 from skipseg.errors import SkipsegError
+from skipseg.inference.crf import CRFParams
 
 
 @dataclass
@@ -43,7 +44,8 @@ class ModelConfig:
     head_channels: int | None = None  # channels of that conv's output h
     grid: int | None = None  # G: predictions on a G×G grid of image cells
     mode: str | None = None  # box (targets: the majority label of each cell) | pixel
-    input_size: int | None = None  # resize every input to this square size (paper: 559)
+    input_size: int | None = None  # the square input (skipnet: images resized to it, paper 559;
+    # deconvnet: a multiple of 32, default 224, fc6's kernel = input_size/32)
     freeze_backbone: bool | None = None  # train only the heads
 
 
@@ -60,6 +62,17 @@ class DataConfig:
     scale_max: float = 2.0
     flip: bool = True
     workers: int = 2
+    # What one training sample is (DeconvNet §4.2): image = a whole image (random scale and crop as
+    # above); instances = one crop per ground-truth object, its tight box × `extend`, only that
+    # object labelled (stage 1); proposals = crops of proposals (box × `extend`) whose box IoU with
+    # an object reaches `min_iou`, all labels kept (stage 2). Crops are resized to `resize` (null:
+    # crop_size·250/224, the paper's 250 for 224), randomly cropped to crop_size and flipped.
+    sampling: str = "image"
+    extend: float = 1.2
+    min_iou: float = 0.5
+    proposals: int = 50  # top-K selective-search proposals per image that stage 2 chooses from
+    proposal_cache: str | None = None  # proposal cache folder (null: RUN/proposals)
+    balance: bool = False  # repeat crops of rare classes: ceil(max class count / class count) times
 
 
 @dataclass
@@ -85,6 +98,7 @@ class TrainConfig:
     channels_last: bool | None = None  # None = auto: with mixed precision on; fp32 on CPU off (slower there)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_val_images: int | None = None
+    sync_bn: bool = True  # under DDP on GPUs: BatchNorm → SyncBatchNorm (statistics of the global batch)
 
 
 @dataclass
@@ -92,6 +106,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    crf: CRFParams = field(default_factory=CRFParams)  # `evaluate --crf` (reference defaults)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -100,6 +115,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.loss_reduction": ("mean", "sum"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "model.mode": ("box", "pixel"),
+    "data.sampling": ("image", "instances", "proposals"),
 }
 
 
@@ -139,6 +155,11 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -168,7 +189,10 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
             allowed = CHOICES.get(key)
             if allowed and values[name] is not None and values[name] not in allowed:
                 raise SkipsegError(f"{source}: key '{key}' must be one of {', '.join(allowed)}, got {values[name]!r}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except SkipsegError as exc:  # a section that checks its own values (CRFParams)
+        raise SkipsegError(f"{source}: {exc}") from None
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
@@ -219,8 +243,9 @@ def config_to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-def config_from_dict(data: dict, cls: type = Config) -> Any:
-    return _build(cls, data, "", "checkpoint config")
+def config_from_dict(data: dict, cls: type = Config, source: str = "checkpoint config") -> Any:
+    """Validate a plain dict (e.g. a checkpoint's `config`) into `cls`; errors name `source`."""
+    return _build(cls, data, "", source)
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:

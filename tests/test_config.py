@@ -61,3 +61,22 @@ def test_saved_config_reloads_identically_and_records_commit(tmp_path):
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert yaml.safe_load(text)["model"]["name"] == "fcn32s"
     assert Config() == load_config(None)
+
+
+def test_sampling_crf_and_sync_bn_keys(tmp_path):
+    path = write(tmp_path, "data:\n  sampling: proposals\n  min_iou: 0.6\n  balance: true\ncrf:\n  iterations: 4\n")
+    cfg = load_config(path, ["crf.bilateral_srgb=5", "train.sync_bn=false"])
+    assert cfg.data.sampling == "proposals" and cfg.data.min_iou == 0.6 and cfg.data.balance
+    assert (cfg.data.extend, cfg.data.proposals, cfg.data.proposal_cache) == (1.2, 50, None)
+    assert cfg.crf.iterations == 4 and cfg.crf.bilateral_srgb == 5.0 and cfg.crf.gaussian_sxy == 3.0
+    assert not cfg.train.sync_bn and Config().train.sync_bn and Config().data.sampling == "image"
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    with pytest.raises(SkipsegError, match="run.yaml \\+ overrides: crf.bilateral_sxy: must be > 0"):
+        load_config(path, ["crf.bilateral_sxy=0"])
+    with pytest.raises(SkipsegError, match="unknown key 'crf.sxy'; valid keys in crf: gaussian_sxy"):
+        load_config(path, ["crf.sxy=1"])
+    with pytest.raises(SkipsegError, match="'data.sampling' must be one of image, instances, proposals"):
+        load_config(path, ["data.sampling=crops"])
+    old = config_to_dict(Config())
+    del old["crf"]  # a checkpoint from before the crf section
+    assert config_from_dict(old).crf == Config().crf

@@ -217,3 +217,28 @@ def test_init_from_a_trained_deconvnet(tmp_path) -> None:
     save_checkpoint(tmp_path / "run.pt", {"model": trained.state_dict(), "config": {}})
     copy = build_model("deconvnet", width=TINY, num_classes=4, init_from=str(tmp_path / "run.pt"))
     assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), trained.state_dict().values()))
+
+
+@pytest.mark.parametrize("size", [32, 64, 96])
+def test_cpu_input_sizes_scale_fc6_and_deconv_fc6(size) -> None:
+    torch.manual_seed(0)
+    model = build_model("deconvnet", width=TINY, num_classes=3, input_size=size)
+    kernel = size // 32
+    assert model.input_size == (size, size)
+    assert model.backbone.fc6.kernel_size == (kernel, kernel) == model.deconv_fc6[0].kernel_size
+    out = model.train()(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 3, size, size)
+    info = describe_model("deconvnet", size=(size, size), width=TINY, input_size=size)
+    rows = {row["name"]: row["shape"] for row in info["layers"]}
+    assert rows["fc6"][1:] == [1, 1] and rows["deconv-fc6"][1:] == [kernel, kernel] and rows["output"] == [21, size, size]
+    with pytest.raises(SkipsegError, match=f"takes exactly {size}x{size}"):
+        model.eval()(torch.zeros(1, 3, size + 32, size + 32))
+
+
+def test_input_size_must_be_a_multiple_of_32(tmp_path) -> None:
+    for bad in (0, 100, 16):
+        with pytest.raises(SkipsegError, match="input_size must be a multiple of 32"):
+            build_model("deconvnet", width=TINY, input_size=bad)
+    with pytest.raises(SkipsegError, match="ImageNet weights need input_size 224"):
+        build_model("deconvnet", width=TINY, input_size=64, weights=str(tmp_path / "vgg.pth"))
+    assert main(["models", "describe", "deconvnet", "width=0.0625", "input_size=64", "--size", "64", "64"]) == 0

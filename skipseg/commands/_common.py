@@ -39,8 +39,9 @@ def parse_indices(text: str | None, flag: str) -> list[int] | None:
     return indices
 
 
-def parse_crf(text: str | None):
-    """CRF parameters: the reference defaults, with 'key=value,...' overrides."""
+def parse_crf(text: str | None, base=None):
+    """CRF parameters: `base` (a run config's `crf` section; default: the reference defaults) with
+    'key=value,...' overrides."""
     import dataclasses
 
     from skipseg.inference.crf import CRFParams
@@ -58,4 +59,4 @@ def parse_crf(text: str | None):
             values[key] = int(raw) if key == "iterations" else float(raw)
         except ValueError:
             raise SkipsegError(f"--crf-params: '{key}' needs a number, got '{raw}'") from None
-    return CRFParams(**values)
+    return dataclasses.replace(base, **values) if base is not None else CRFParams(**values)

@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from skipseg.commands._common import add_inference_args, parse_crf, parse_indices, parse_scales
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--save-pred", action="store_true", help="write DIR/pred/<id>.png palette predictions")
     parser.add_argument("--out", required=True, help="output folder for metrics.json (and pred/)")
+    parser.add_argument("--max-images", type=_positive, metavar="N", help="score only the first N images of the split")
     parser.add_argument("--no-progress", action="store_true")
     add_inference_args(parser)
     group = parser.add_argument_group("proposal-wise inference and CRF (DeconvNet §3.3, any model)")
@@ -31,9 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--proposal-batch", type=int, default=16, help="crops per forward pass")
     group.add_argument("--proposal-cache", help="folder caching proposals per image (default: OUT/proposals)")
     group.add_argument("--crf", action="store_true",
-                       help="dense CRF on the (ensembled) probabilities, reference parameters")
+                       help="dense CRF on the (ensembled) probabilities, with the first run's `crf:` config "
+                            "section (default: the reference parameters)")
     group.add_argument("--crf-params", metavar="key=value,...",
-                       help="override CRF parameters, e.g. bilateral_sxy=30,iterations=5")
+                       help="override CRF parameters of that section, e.g. bilateral_sxy=30,iterations=5")
     parser.set_defaults(func=run)
 
 
@@ -66,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         flip=args.flip, scales=scales, proposals=args.proposals, aggregate=args.aggregate,
         proposal_batch=args.proposal_batch, proposal_cache=Path(args.proposal_cache or out / "proposals"),
         proposal_runs=parse_indices(args.proposal_runs, "--proposal-runs"),
-        crf=parse_crf(args.crf_params) if args.crf or args.crf_params else None,
+        crf=parse_crf(args.crf_params, first_config.crf) if args.crf or args.crf_params else None,
     )
     probs_fn = make_probs_fn([m for m, _, _ in models], dataset.image_path, runtime, options)
     grids = {bool(getattr(m, "output_grid", None)) for m, _, _ in models}
@@ -77,13 +87,16 @@ def run(args: argparse.Namespace) -> int:
                               target_fn=grid_targets(models[0][0]),
                               workers=args.workers, class_names=dataset.class_names,
                               save_pred_dir=out / "pred" if args.save_pred else None,
-                              progress=not args.no_progress)
+                              max_images=args.max_images, progress=not args.no_progress)
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         scores["runs"] = [str(p) for p in args.runs]
         scores["split"] = args.split
         scores["inference"] = {"flip": args.flip, "scales": list(scales), "proposals": args.proposals,
-                               "aggregate": args.aggregate if args.proposals else None, "crf": options.crf is not None}
+                               "aggregate": args.aggregate if args.proposals else None,
+                               "crf": options.crf is not None}
+        if options.crf is not None:
+            scores["crf_params"] = dataclasses.asdict(options.crf)  # the first run's `crf:` + --crf-params
         (out / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
         print(format_table(scores))
         print(f"metrics → {out / 'metrics.json'}")

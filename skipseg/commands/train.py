@@ -1,4 +1,8 @@
-"""`skipseg train CONFIG.yaml [key=value ...] --out RUN` and `skipseg train --resume RUN`."""
+"""`skipseg train CONFIG.yaml [key=value ...] --out RUN` and `skipseg train --resume RUN`.
+
+A config with `stages:` trains its stages in order into RUN/<stage>/ (see `skipseg.engine.stages`);
+started again with the same command or `--resume RUN`, completed stages are skipped.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +11,12 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train a model from a YAML config",
-                                   description="Train a model. Works under torchrun for DDP.")
+                                   description="Train a model (a config with `stages:` trains each stage "
+                                               "from the previous one's weights). Works under torchrun for DDP.")
     parser.add_argument("config", nargs="?", help="YAML config (omit with --resume)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=0.01")
-    parser.add_argument("--out", help="run folder to create")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.lr=0.01; stages.NAME.train.iterations=10 for one stage")
+    parser.add_argument("--out", help="run folder to create (a staged config: continued if it holds this run)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN from checkpoints/last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -18,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from skipseg.config import load_config
+    from skipseg.engine import stages
     from skipseg.engine.runtime import shutdown_distributed
     from skipseg.engine.trainer import Trainer
     from skipseg.errors import SkipsegError
@@ -29,11 +36,16 @@ def run(args: argparse.Namespace) -> int:
         elif args.config:
             raise SkipsegError("train --resume RUN takes the config from RUN/config.yaml; drop the config argument")
         run_dir = Path(args.resume)
+        if stages.is_staged(run_dir):
+            return _run_staged(stages.load_staged_config(run_dir / stages.STAGES_YAML, overrides), run_dir,
+                               True, args)
         config = load_config(run_dir / "config.yaml", overrides)
     else:
         if not args.config or not args.out:
             raise SkipsegError("train needs a CONFIG.yaml and --out RUN (or --resume RUN)")
         run_dir = Path(args.out)
+        if stages.has_stages(args.config):
+            return _run_staged(stages.load_staged_config(args.config, overrides), run_dir, False, args)
         config = load_config(args.config, overrides)
     trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     try:
@@ -46,4 +58,26 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"done: {result['step']} iterations, best val mIoU {100 * max(result['best_miou'], 0):.2f} "
                   f"→ {run_dir}")
+    return 0
+
+
+def _run_staged(config, run_dir: Path, resume: bool, args: argparse.Namespace) -> int:
+    from skipseg.engine.runtime import init_distributed, shutdown_distributed
+    from skipseg.engine.stages import run_stages
+
+    rank, _ = init_distributed(config.train.device)
+    try:
+        result = run_stages(config, run_dir, resume=resume, progress=not args.no_progress, announce=print)
+    finally:
+        shutdown_distributed()
+    if rank == 0:
+        last = result["stages"][-1]
+        if result["stopped"]:
+            print(f"stopped in {last['name']} at iteration {last['step']}; continue with: "
+                  f"skipseg train --resume {run_dir}")
+        else:
+            trained = [s for s in result["stages"] if not s["skipped"]]
+            best = f", best val mIoU {100 * max(last['best_miou'], 0):.2f}" if not last["skipped"] else ""
+            print(f"done: {len(result['stages'])} stages ({len(trained)} trained now){best} → {run_dir} "
+                  f"(= its final stage {result['final']})")
     return 0

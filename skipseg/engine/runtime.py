@@ -128,6 +128,25 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def sync_batchnorm(model: torch.nn.Module, runtime: Runtime, enabled: bool = True) -> torch.nn.Module:
+    """Under DDP, every BatchNorm of `model` as a SyncBatchNorm, so that training normalises with the
+    statistics of the global batch (DeconvNet's BN after fc6/fc7 sees 1×1 maps: per-rank statistics
+    of a few crops would be noisy). PyTorch's SyncBatchNorm runs on GPUs only, so on CPU (gloo) the
+    model is returned as it is; also when alone or `enabled` is False. Parameters, buffers and
+    state_dict keys are unchanged, so checkpoints load into the plain model."""
+    if not (enabled and runtime.distributed and runtime.device.type == "cuda"):
+        return model
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

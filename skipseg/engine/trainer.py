@@ -11,12 +11,14 @@ import contextlib
 import math
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from skipseg.config import Config, config_to_dict, save_run_config
@@ -28,7 +30,7 @@ from skipseg.engine.evaluator import evaluate_model, grid_targets
 from skipseg.engine.loading import guarded_batches
 from skipseg.engine.logbook import Logbook
 from skipseg.engine.optim import build_optimizer, build_scheduler
-from skipseg.engine.runtime import Runtime, all_reduce_sum, make_runtime
+from skipseg.engine.runtime import Runtime, all_reduce_sum, make_runtime, sync_batchnorm
 from skipseg.engine.sampling import ResumableBatchSampler, SeededView
 from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import model_options
@@ -49,16 +51,18 @@ class Trainer:
         if not resume and last.exists():
             raise SkipsegError(f"{self.run_dir}: already holds a run; resume it with --resume {self.run_dir} "
                                "or choose another --out")
-        self.train_set = open_dataset(config.data.root, config.data.train_split, sbd_root=config.data.sbd_root,
-                                      transforms=train_transforms(config.data.crop_size, _scale_range(config),
-                                                                  flip=config.data.flip, resize=config.data.resize))
+        self.train_set = build_train_set(config, self.run_dir)
+        if len(self.train_set) < cfg.batch_size * self.runtime.world_size:
+            raise SkipsegError(f"{config.data.root}: {len(self.train_set)} training samples (data.sampling="
+                               f"{config.data.sampling}), fewer than one batch of {cfg.batch_size * self.runtime.world_size}")
         self.val_set = open_dataset(config.data.val_root or config.data.root, config.data.val_split, sbd_root=config.data.sbd_root,
                                     transforms=eval_transforms())
         if self.train_set.num_classes != config.model.num_classes:
             raise SkipsegError(f"model.num_classes: {config.model.num_classes}, but {config.data.root} has "
                                f"{self.train_set.num_classes} classes ({', '.join(self.train_set.class_names[:5])}, …)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
-        self.model = self.runtime.prepare_model(self.build_model())
+        self.model = self.runtime.prepare_model(sync_batchnorm(self.build_model(), self.runtime, cfg.sync_bn))
+        _check_input_size(config, self.model)
         self.net: nn.Module = self.model
         if self.runtime.distributed:
             device_ids = [self.runtime.device] if self.runtime.device.type == "cuda" else None
@@ -210,6 +214,53 @@ class Trainer:
             if self.logbook is not None:
                 self.logbook.close()
         return {"step": self.step, "loss": loss, "best_miou": self.best_miou, "stopped": self.stop_requested}
+
+
+def build_train_set(config: Config, run_dir: Path) -> Dataset:
+    """The training samples of `config.data.sampling`, each through the training augmentation:
+    whole images, or DeconvNet's instance / proposal crops (optionally class-balanced), resized to
+    `data.resize` (null: crop_size·250/224, the paper's 250 for 224) before the random crop.
+    The crop datasets are deterministic (fixed order, cached proposals, balance by `train.seed`),
+    so `len(train_set)` and every index stay the same when a run is resumed."""
+    data = config.data
+    if data.sampling == "image":
+        if data.balance:
+            raise SkipsegError("data.balance: class balance repeats object crops; it needs data.sampling "
+                               "instances or proposals")
+        return open_dataset(data.root, data.train_split, sbd_root=data.sbd_root,
+                            transforms=train_transforms(data.crop_size, _scale_range(config), flip=data.flip,
+                                                        resize=data.resize))
+    from skipseg.data.instances import InstanceCropDataset, ProposalCropDataset, balanced
+
+    if data.crop_size is None:
+        raise SkipsegError(f"data.crop_size: data.sampling={data.sampling} needs a crop size (the model's input, "
+                           "224 for DeconvNet)")
+    if not data.extend >= 1.0:
+        raise SkipsegError(f"data.extend: must be >= 1 (the paper's 1.2), got {data.extend}")
+    resize = data.resize or round(data.crop_size * 250 / 224)
+    transforms = train_transforms(data.crop_size, _scale_range(config), flip=data.flip, resize=resize)
+    base = open_dataset(data.root, data.train_split, sbd_root=data.sbd_root)
+    workers = max(1, data.workers)  # threads reading the masks once
+    if data.sampling == "instances":
+        crops = InstanceCropDataset(base, data.extend, transforms, workers=workers)
+    else:
+        from skipseg.inference.proposals import proposals
+
+        if data.proposals < 1 or not 0.0 < data.min_iou <= 1.0:
+            raise SkipsegError(f"data.proposals / data.min_iou: need K >= 1 and 0 < IoU <= 1, got "
+                               f"{data.proposals} / {data.min_iou}")
+        cache = Path(data.proposal_cache) if data.proposal_cache else run_dir / "proposals"
+        crops = ProposalCropDataset(base, partial(proposals, k=data.proposals, cache_dir=cache), data.min_iou,
+                                    extend=data.extend, transforms=transforms, workers=workers)
+    return balanced(crops, seed=config.train.seed) if data.balance else crops
+
+
+def _check_input_size(config: Config, model: nn.Module) -> None:
+    """Training crops must be the size a fixed-input model takes (DeconvNet, a resizing skip net)."""
+    fixed, crop = getattr(model, "input_size", None), config.data.crop_size
+    if fixed and crop is not None and (crop, crop) != tuple(fixed):
+        raise SkipsegError(f"data.crop_size: {crop}, but {config.model.name} takes {fixed[0]}x{fixed[1]} inputs "
+                           f"(model.input_size); set data.crop_size={fixed[0]}")
 
 
 def _scale_range(config: Config) -> tuple[float, float] | None:

@@ -53,7 +53,8 @@ def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,
 
 def model_from_checkpoint(run_or_checkpoint: str | Path, runtime: Runtime | None = None,
                           prefer: str = "best") -> tuple[nn.Module, Config, dict[str, Any]]:
-    """Rebuild a trained model from a run folder or checkpoint file, in eval mode.
+    """Rebuild a trained model from a run folder or checkpoint file, in eval mode (a staged run's
+    folder stands for its final stage: `checkpoint.resolve_run_dir`).
 
     Weights come from the checkpoint, so ImageNet/init options of the original config are dropped.
     """

@@ -7,7 +7,9 @@ by batch norm and ReLU (no dropout: the paper removed it). Decoder, the mirror i
 followed by the 3×3 deconvolutions of Table 2 (deconv → BN → ReLU), and a 1×1 scoring conv → C.
 Table 2 lists the output layer with "pad 1", a typo: a padded 1×1 conv would give 226×226.
 
-The input must be 224×224 (`input_size`); `predict_probs` and the proposal inference resize to it.
+The input is 224×224 (`input_size`); `predict_probs` and the proposal inference resize to it.
+For CPU-sized training `input_size` may be any multiple of 32 (e.g. 64 or 96): fc6's kernel is then
+input/32 (7 at 224, the paper's) and deconv-fc6 mirrors it, every other layer is unchanged.
 Batch norm after fc6/fc7 normalises 1×1 maps over the batch, so training needs batches of >= 2.
 At width 1.0 with 21 classes the model has 251,805,653 parameters (the paper: "approximately 252M").
 
@@ -28,7 +30,7 @@ from skipseg.models.init import initialize
 from skipseg.models.registry import register_model
 from skipseg.models.unpool import SwitchPool, Unpool
 
-INPUT_SIZE = (224, 224)
+INPUT_SIZE = 224  # the paper's; fc6's kernel is INPUT_SIZE / 32 = 7
 
 # The decoder of Table 2: (unpool, switches of, [(deconv, in channels, out channels), ...]).
 DECODER = (
@@ -45,20 +47,22 @@ Switches = dict[str, tuple[Tensor, tuple[int, int]]]  # pool name -> (indices, i
 class DeconvNetBackbone(StagedBackbone):
     """The encoder: torchvision `vgg16_bn` features with switch-recording pools, fc6/fc7 + BN + ReLU.
 
-    Taps pool1..pool5 (strides 2..32) and fc7 (1×1 at 224 pixels). `forward(x)` returns the taps as
-    every backbone does; `forward(x, return_switches=True)` returns `(taps, switches)` for the decoder.
+    Taps pool1..pool5 (strides 2..32) and fc7 (1×1 at `input_size`, whose pool5 map fc6's kernel
+    covers). `forward(x)` returns the taps as every backbone does; `forward(x, return_switches=True)`
+    returns `(taps, switches)` for the decoder.
     """
 
     torchvision_weights = "VGG16_BN_Weights.IMAGENET1K_V1"
     torchvision_fc = {"fc6": ("classifier.0", 7), "fc7": ("classifier.3", 1)}
     torchvision_ignore = ("classifier.6.",)
 
-    def __init__(self, width: float = 1.0) -> None:
+    def __init__(self, width: float = 1.0, input_size: int = INPUT_SIZE) -> None:
         super().__init__()
         cfg = [v if v == "M" else scaled(v, width) for v in VGG16_CFG]
         self.features = make_layers(cfg, batch_norm=True)
         c5, cfc = scaled(512, width), scaled(4096, width)
-        self.fc6, self.bn6, self.relu6 = nn.Conv2d(c5, cfc, 7), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
+        kernel = check_input_size(input_size) // 32
+        self.fc6, self.bn6, self.relu6 = nn.Conv2d(c5, cfc, kernel), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
         self.fc7, self.bn7, self.relu7 = nn.Conv2d(cfc, cfc, 1), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
         stages, start, channels = [], 0, 3
         for i, layer in enumerate(self.features):
@@ -87,6 +91,14 @@ class DeconvNetBackbone(StagedBackbone):
         return (taps, switches) if return_switches else taps
 
 
+def check_input_size(size: int) -> int:
+    """`size` if it is a positive multiple of 32 (five 2×2 pools, then fc6 covers pool5's map)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+        raise SkipsegError(f"deconvnet: input_size must be a multiple of 32 (fc6's kernel is input_size/32; "
+                           f"the paper: 224), got {size!r}")
+    return size
+
+
 def _deconv(cin: int, cout: int, kernel: int, padding: int) -> nn.Sequential:
     """deconv → BN → ReLU; index 0 is the transposed convolution itself."""
     return nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel, padding=padding), nn.BatchNorm2d(cout),
@@ -96,13 +108,13 @@ def _deconv(cin: int, cout: int, kernel: int, padding: int) -> nn.Sequential:
 class DeconvNet(nn.Module):
     """Encoder (`backbone`, named taps) + the mirrored unpooling/deconvolution decoder of Table 2."""
 
-    input_size = INPUT_SIZE
-
-    def __init__(self, num_classes: int = 21, width: float = 1.0) -> None:
+    def __init__(self, num_classes: int = 21, width: float = 1.0, input_size: int = INPUT_SIZE) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.backbone = DeconvNetBackbone(width)
-        self.deconv_fc6 = _deconv(scaled(4096, width), scaled(512, width), 7, 0)
+        self.input_size = (input_size, input_size)  # what the predictor resizes images and crops to
+        self.backbone = DeconvNetBackbone(width, input_size)
+        kernel = input_size // 32  # deconv-fc6 mirrors fc6: 1×1 → kernel×kernel (7×7 at 224)
+        self.deconv_fc6 = _deconv(scaled(4096, width), scaled(512, width), kernel, 0)
         for unpool, _, deconvs in DECODER:
             setattr(self, unpool, Unpool(2))
             for name, cin, cout in deconvs:
@@ -124,10 +136,11 @@ class DeconvNet(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         h, w = (int(s) for s in x.shape[-2:])
-        if (h, w) != INPUT_SIZE:
+        if (h, w) != self.input_size:
+            size = "x".join(map(str, self.input_size))
             raise SkipsegError(
-                f"deconvnet: input of {h}x{w} pixels; the network takes exactly 224x224 "
-                "(resize the image or proposal crop to it, as the predictor does)"
+                f"deconvnet: input of {h}x{w} pixels; the network takes exactly {size} (model.input_size; "
+                "resize the image or proposal crop to it, as the predictor does)"
             )
         if self.training and x.shape[0] < 2:
             raise SkipsegError(
@@ -138,13 +151,13 @@ class DeconvNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         taps, switches = self.backbone(x, return_switches=True)  # fc7: [N, 4096w, 1, 1]
-        y = self.deconv_fc6(taps["fc7"])  # [N, 512w, 7, 7]
+        y = self.deconv_fc6(taps["fc7"])  # [N, 512w, S/32, S/32] (7×7 at S = 224)
         for unpool, pool, deconvs in DECODER:
             indices, size = switches[pool]
             y = getattr(self, unpool)(y, indices, size)  # [N, C, 2h, 2w], sparse
             for name, _, _ in deconvs:
                 y = getattr(self, name)(y)  # [N, C', 2h, 2w], dense
-        return self.score(y)  # [N, num_classes, 224, 224]
+        return self.score(y)  # [N, num_classes, S, S]
 
     def layers(self) -> list[tuple[str, nn.Module]]:
         """Every layer of Table 2, in its order and with its name, paired with the module whose
@@ -179,10 +192,15 @@ class _TorchvisionPart(nn.Module):
 
 @register_model("deconvnet", "DeconvNet (Noh et al. 2015): VGG16-BN encoder, unpooling/deconvolution decoder, 224x224")
 def deconvnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
-              init_from: str | None = None) -> DeconvNet:
+              init_from: str | None = None, input_size: int = INPUT_SIZE) -> DeconvNet:
     """`pretrained: imagenet` / `weights: FILE`: torchvision VGG16_BN weights for the convolutions
-    and fc6/fc7 (the decoder and the fc BNs keep their initial values); `init_from`: a trained model."""
-    model = DeconvNet(num_classes, width)
+    and fc6/fc7 (the decoder and the fc BNs keep their initial values); `init_from`: a trained model.
+    `input_size`: the square input, a multiple of 32 (fc6 is input_size/32 wide; ImageNet's fc6: 224)."""
+    check_input_size(input_size)
+    if (pretrained or weights) and init_from is None and input_size != INPUT_SIZE:
+        raise SkipsegError(f"deconvnet: ImageNet weights need input_size {INPUT_SIZE} (their fc6 is 7x7), "
+                           f"got input_size {input_size}")
+    model = DeconvNet(num_classes, width, input_size)
     if init_from is not None:
         initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
     else:
