@@ -86,6 +86,9 @@ def compare_metrics(path: str | Path) -> dict:
         if candidate.is_file() and candidate.suffix == ".json":
             scores = json.loads(candidate.read_text())
             return {"mean_iou": scores.get("mean_iou"), "background": background_iou(scores), "source": str(candidate)}
+    from skipseg.engine.checkpoint import resolve_run_dir
+
+    path = resolve_run_dir(path) if path.is_dir() else path  # a staged run: its final stage
     if (path / "metrics.csv").is_file():
         from skipseg.engine.logbook import read_metrics
 
