@@ -21,8 +21,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/skipseg demo
 
+# Writes bench/results/latest.{json,md} (~15-25 min on 2 cores); `make bench BENCH_ARGS=--quick` checks the code in ~2 min.
 bench: $(STAMP)
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

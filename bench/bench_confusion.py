@@ -90,6 +90,41 @@ def make_impls(c: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch
     }
 
 
+def random_labels(c: int, shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, target) int64 labels in [0, C), the target with 10 % void (255)."""
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, c, shape, generator=gen)
+    target[torch.rand(shape, generator=gen) < 0.1] = 255
+    return torch.randint(0, c, shape, generator=gen), target
+
+
+def update_rate(c: int = 21, batch: int = 8, size: int = 512, rounds: int = 30, dtype: torch.dtype = torch.uint8,
+                device: torch.device | str = "cpu") -> dict:
+    """Pixels/s of `ConfusionMatrix.update` on a `batch`×`size`×`size` batch of `dtype` labels on
+    `device` (checked against the boolean-mask baseline first); median and best of `rounds` calls."""
+    device = torch.device(device)
+    pred, target = random_labels(c, (batch, size, size))
+    expected = make_impls(c)["bool mask, int64 (baseline)"](pred, target).view(c, c)
+    p, t = pred.to(device, dtype), target.to(device, dtype)
+    cm = ConfusionMatrix(c, device=device)
+    cm.update(p, t)  # warm-up, and the check
+    if not torch.equal(cm.mat.cpu(), expected):
+        raise RuntimeError("ConfusionMatrix.update: wrong counts")
+    times = []
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        cm.update(p, t)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    med, best = statistics.median(times), min(times)
+    return {"classes": c, "shape": [batch, size, size], "dtype": str(dtype).replace("torch.", ""),
+            "device": str(device), "threads": torch.get_num_threads(), "rounds": rounds, "median_s": med,
+            "best_s": best, "pixels_per_s": p.numel() / med, "pixels_per_s_best": p.numel() / best}
+
+
 def cpu_pressure() -> str | None:
     """Linux PSI "some" line: how much of the time runnable tasks waited for a CPU (other load)."""
     try:
@@ -108,11 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     c = args.classes
-    gen = torch.Generator().manual_seed(0)
     shape = (args.batch, args.size, args.size)
-    target = torch.randint(0, c, shape, generator=gen)
-    target[torch.rand(shape, generator=gen) < 0.1] = 255
-    pred = torch.randint(0, c, shape, generator=gen)
+    pred, target = random_labels(c, shape)
     npix = pred.numel()
     impls = make_impls(c)
     cores = os.cpu_count() or 1
