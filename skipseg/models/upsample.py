@@ -88,13 +88,18 @@ def cell_shift(grid: Grid, target: Grid) -> int:
 
 def crop(x: Tensor, start: int, size: tuple[int, int]) -> Tensor:
     """`x[..., start:start+h, start:start+w]`; cells outside `x` (none for the models here, kept for
-    safety) are filled by replicating the edge."""
+    safety) are filled by replicating the edge.
+
+    `narrow` rather than slicing: the result is exactly `size`, also when the sizes are symbolic
+    (ONNX export with dynamic height/width), where a slice's clamp would leave the output size as
+    a min() expression of the input size instead of the input size itself.
+    """
     (h, w), (out_h, out_w) = x.shape[-2:], size
     pads = [max(0, -start), max(0, start + out_w - w), max(0, -start), max(0, start + out_h - h)]
     if any(pads):
         x = F.pad(x, pads, mode="replicate")
     start = max(start, 0)
-    return x[..., start : start + out_h, start : start + out_w]
+    return x.narrow(-2, start, out_h).narrow(-1, start, out_w)
 
 
 def fuse(a: Tensor, b: Tensor, shift: int) -> Tensor:
@@ -102,7 +107,14 @@ def fuse(a: Tensor, b: Tensor, shift: int) -> Tensor:
 
     A positive shift crops `a` (the default layout: the upsampled map overhangs the skip map); a
     negative one crops `b` (the reference's layout, which crops the padded pool4/pool3 scores).
+    In both layouts the cropped map covers the other one for every input size, so the fused map
+    has the other's size; `narrow` checks that and keeps that size a plain symbol under ONNX
+    export with dynamic sizes (slices would nest min() expressions and slow the export).
     """
+    if shift > 0:  # [N, K, h_b, w_b]
+        return a.narrow(-2, shift, b.shape[-2]).narrow(-1, shift, b.shape[-1]) + b
+    if shift < 0:  # [N, K, h_a, w_a]
+        return a + b.narrow(-2, -shift, a.shape[-2]).narrow(-1, -shift, a.shape[-1])
     a0, b0 = max(shift, 0), max(-shift, 0)
     h = min(a.shape[-2] - a0, b.shape[-2] - b0)
     w = min(a.shape[-1] - a0, b.shape[-1] - b0)
