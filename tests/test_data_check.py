@@ -11,6 +11,7 @@ from PIL import Image, ImageFile
 from skipseg.cli import main
 from skipseg.data.check import DataError, Problem, check_dataset, check_sample
 from skipseg.data.palette import save_label_png
+from skipseg.data.shapes.render import SceneSpec
 from skipseg.data.voc import SegmentationDataset
 
 TRAIN_ID = "2007_000039"  # second id of the fixture's train split (also in trainval)
@@ -215,18 +216,20 @@ def test_cli_check_errors(tmp_path, capsys):
 def test_cli_shapes_calls_the_generator(monkeypatch, tmp_path, capsys):
     calls = []
 
-    def generate_shapes(out, train=200, val=50, size=128, seed=0, workers=0, progress=False):
-        calls.append(dict(out=out, train=train, val=val, size=size, seed=seed, workers=workers))
+    def generate_shapes(out, train=200, val=50, size=128, seed=0, workers=0, progress=False, spec=None):
+        calls.append(dict(out=out, train=train, val=val, size=size, seed=seed, workers=workers, spec=spec))
         return {"images": train + val}
 
     fake = types.ModuleType("skipseg.data.shapes")
     fake.generate_shapes = generate_shapes
+    fake.SceneSpec = SceneSpec
     fake.format_summary = lambda summary: f"wrote {summary['images']} images"
     monkeypatch.setitem(sys.modules, "skipseg.data.shapes", fake)
     argv = ["data", "shapes", str(tmp_path / "out"), "--train", "3", "--val", "2"]
-    argv += ["--size", "45", "--seed", "7"]
+    argv += ["--size", "45", "--seed", "7", "--classes", "5", "--max-objects", "2"]
     assert main(argv + ["--workers", "2"]) == 0
-    assert calls == [dict(out=tmp_path / "out", train=3, val=2, size=45, seed=7, workers=2)]
+    spec = SceneSpec(classes=5, max_objects=2)
+    assert calls == [dict(out=tmp_path / "out", train=3, val=2, size=45, seed=7, workers=2, spec=spec)]
     assert capsys.readouterr().out.strip() == "wrote 5 images"
 
 

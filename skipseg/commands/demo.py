@@ -1,35 +1,23 @@
-"""`skipseg demo [--out DIR] [--quick]`: the main job on the embedded, generated dataset.
-
-Today it generates the default dataset and prints its summary and the commands that train and
-evaluate on it; training the whole model line-up lands with the demo issue.
-"""
+"""`skipseg demo [--out DIR] [--quick]`: the main job on the embedded, generated dataset."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-DEFAULT = {"train": 300, "val": 60, "size": 128, "seed": 0}
-QUICK = {"train": 64, "val": 16, "size": 96, "seed": 0}
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="the main job on the embedded, generated dataset")
+    parser = subparsers.add_parser(
+        "demo", help="generate data, train FCN/DeconvNet/the skip study, evaluate, write the report",
+        description="Runs the whole pipeline on the generated dataset, printing each skipseg command as it "
+                    "starts. Started again, it skips the steps already done.")
     parser.add_argument("--out", default="demo", help="output folder (default: demo/)")
-    parser.add_argument("--quick", action="store_true", help="a smaller dataset")
-    parser.add_argument("--workers", type=int, default=2, help="generator processes")
+    parser.add_argument("--quick", action="store_true", help="a much smaller run (about 2 minutes)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from skipseg.data.shapes import format_summary, generate_shapes
+    from skipseg.demo import run_demo
 
-    out = Path(args.out)
-    spec = QUICK if args.quick else DEFAULT
-    summary = generate_shapes(out / "data", workers=args.workers, progress=True, **spec)
-    print(format_summary(summary))
-    data = out / "data"
-    print("\nnext:")
-    print(f"  skipseg data check {data}")
-    print(f"  skipseg train configs/fcn32s_shapes.yaml data.root={data} --out {out}/runs/fcn32s")
-    print(f"  skipseg evaluate {out}/runs/fcn32s --data {data} --out {out}/eval/fcn32s")
+    report = run_demo(Path(args.out), quick=args.quick)  # its last step prints the headline table
+    print(f"\nreport: {report}\n        {report.with_suffix('.md')}")
     return 0

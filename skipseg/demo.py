@@ -1,0 +1,170 @@
+"""The main job on the embedded data: generate, train every system, evaluate, report.
+
+The demo is a list of ordinary `skipseg` command lines run one after another in this process
+(printed as they start, so each can be re-run or changed by hand). A step that finished is recorded
+in OUT/.demo/ and skipped when the demo is started again; an interrupted training resumes.
+
+CPU-sized choices (all in `DemoSettings`, stated in the printed plan): the generated data is an
+easier variant of the default (fewer classes, larger objects, less clutter, small images) because
+every network starts from random weights here and has about a minute of two CPU cores to learn.
+The skip study trains Inception-v3 once without a skip, then probes all taps × n on that frozen
+backbone in one pass (`sweep.mode: probe`): the paper trains 22 networks, which a CPU cannot.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from skipseg.errors import SkipsegError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of one demo: the data, each training's iterations, what is evaluated."""
+
+    train_images: int
+    val_images: int
+    size: int
+    classes: int
+    fcn_iterations: tuple[int, int, int]  # FCN-32s, FCN-16s (from 32s), FCN-8s (from 16s)
+    deconv_iterations: tuple[int, int]  # stage 1 (instance crops), stage 2 (proposal crops)
+    skip_iterations: tuple[int, int]  # the no-skip backbone run, then the probe of every head
+    skip_input: int  # Inception-v3 input side (at least 75)
+    skip_grid: int
+    proposals: int  # K for proposal-wise inference
+    proposal_images: int  # val images scored proposal-wise (each costs K crops)
+    scene: dict = field(default_factory=lambda: {"min-scale": 0.25, "max-scale": 0.9, "max-objects": 3,
+                                                 "clutter": 0.5})
+
+
+FULL = DemoSettings(train_images=600, val_images=60, size=64, classes=6, fcn_iterations=(600, 300, 300),
+                    deconv_iterations=(300, 300), skip_iterations=(300, 200), skip_input=95, skip_grid=9,
+                    proposals=50, proposal_images=60)
+QUICK = DemoSettings(train_images=160, val_images=16, size=64, classes=6, fcn_iterations=(60, 30, 30),
+                     deconv_iterations=(30, 30), skip_iterations=(30, 20), skip_input=79, skip_grid=9,
+                     proposals=10, proposal_images=16)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of the demo: its title, the `skipseg` argv, and its name in OUT/.demo/."""
+
+    name: str
+    title: str
+    argv: list[str]
+
+
+def plan(out: Path, settings: DemoSettings) -> list[Step]:
+    """The demo's commands, in order."""
+    s, data, runs, evals = settings, out / "data", out / "runs", out / "eval"
+    common = [f"data.root={data}", f"model.num_classes={s.classes + 1}", "data.workers=1"]
+    fcn_crop = [f"data.crop_size={s.size}"]
+
+    def train(name: str, config: str, its: int | None, *extra: str) -> Step:
+        length = [f"train.iterations={its}", f"train.val_every={its}", f"train.checkpoint_every={its}"] if its else []
+        return Step(f"train_{name}", f"train {name}",
+                    ["train", str(CONFIGS / config), "--out", str(runs / name), *common, *length, *extra])
+
+    def evaluate(name: str, run_names: list[str], *extra: str, out_dir: Path | None = None) -> Step:
+        return Step(f"eval_{name}", f"evaluate {name}",
+                    ["evaluate", *(str(runs / r) for r in run_names), "--out", str(out_dir or evals / name),
+                     "--no-progress", *extra])
+
+    scene = [item for key, value in s.scene.items() for item in (f"--{key}", str(value))]
+    d1, d2 = s.deconv_iterations
+    skip = [f"model.input_size={s.skip_input}", f"data.resize={s.skip_input}", f"data.crop_size={s.skip_input}",
+            f"model.grid={s.skip_grid}"]
+    proposal_args = ["--proposals", str(s.proposals), "--proposal-cache", str(evals / "proposals"),
+                     "--max-images", str(s.proposal_images)]
+    return [
+        Step("data", "generate the data", ["data", "shapes", str(data), "--train", str(s.train_images),
+                                           "--val", str(s.val_images), "--size", str(s.size),
+                                           "--classes", str(s.classes), *scene]),
+        train("fcn32s", "fcn32s_shapes.yaml", s.fcn_iterations[0], *fcn_crop),
+        train("fcn16s", "fcn16s_shapes.yaml", s.fcn_iterations[1], *fcn_crop, f"model.init_from={runs / 'fcn32s'}"),
+        train("fcn8s", "fcn8s_shapes.yaml", s.fcn_iterations[2], *fcn_crop, f"model.init_from={runs / 'fcn16s'}"),
+        train("deconvnet", "deconvnet_shapes.yaml", None, f"stages.stage1.train.iterations={d1}",
+              f"stages.stage1.train.val_every={d1}", f"stages.stage2.train.iterations={d2}", f"stages.stage2.train.val_every={d2}"),
+        train("skip_backbone", str(out / "configs" / "skip_backbone.yaml"), s.skip_iterations[0], "model.tap=none",
+              *skip),
+        *(evaluate(name, [name], out_dir=runs / name / "eval") for name in ("fcn32s", "fcn16s", "fcn8s", "deconvnet")),
+        evaluate("deconvnet_proposals", ["deconvnet"], *proposal_args),
+        evaluate("deconvnet_proposals_crf", ["deconvnet"], *proposal_args, "--crf"),
+        evaluate("edeconvnet", ["deconvnet", "fcn8s"], *proposal_args, "--proposal-runs", "1"),
+        evaluate("edeconvnet_crf", ["deconvnet", "fcn8s"], *proposal_args, "--proposal-runs", "1", "--crf"),
+        Step("sweep_skip", "skip study: every tap × n probed on the trained backbone",
+             ["sweep", str(CONFIGS / "skip_inception_shapes.yaml"), "--out", str(runs / "skip_inception"), *common,
+              *skip, "sweep.mode=probe", f"model.init_from={runs / 'skip_backbone'}",
+              f"train.iterations={s.skip_iterations[1]}", f"train.val_every={s.skip_iterations[1]}",
+              f"sweep.compare=[{{name: FCN-8s, run: {runs / 'fcn8s' / 'eval'}}}, "
+              f"{{name: DeconvNet, run: {evals / 'deconvnet_proposals'}}}, {{name: EDeconvNet, run: {evals / 'edeconvnet'}}}]"]),
+        Step("report", "write the report", ["report", *report_inputs(out), "--out", str(out / "report")]),
+    ]
+
+
+def report_inputs(out: Path) -> list[str]:
+    """What the report compares: the trained runs (curves + their evaluation), the proposal-wise and
+    ensemble evaluations, and the skip study."""
+    runs, evals = out / "runs", out / "eval"
+    return [*(str(runs / n) for n in ("fcn32s", "fcn16s", "fcn8s", "deconvnet")),
+            *(str(evals / n) for n in ("deconvnet_proposals", "deconvnet_proposals_crf", "edeconvnet",
+                                       "edeconvnet_crf")),
+            str(runs / "skip_inception")]
+
+
+def write_configs(out: Path) -> None:
+    """OUT/configs/skip_backbone.yaml: the skip study's CPU config without its `sweep:` section, to
+    train the one network whose backbone the probe then reuses."""
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / "skip_inception_shapes.yaml").read_text())
+    config.pop("sweep", None)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    header = "# written by `skipseg demo`: configs/skip_inception_shapes.yaml without its sweep section\n"
+    (out / "configs" / "skip_backbone.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
+
+
+def _resumable(step: Step) -> list[str]:
+    """A training step whose run folder already holds a checkpoint continues it instead."""
+    if step.argv[0] == "train":
+        run_dir = Path(step.argv[step.argv.index("--out") + 1])
+        if (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "stages.json").is_file():
+            return ["train", "--resume", str(run_dir)]
+    return step.argv
+
+
+def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None = None) -> Path:
+    """Run every step not yet done (`settings` default: FULL, or QUICK); returns the report's path."""
+    from skipseg.cli import main
+
+    out = Path(out)
+    settings = settings or (QUICK if quick else FULL)
+    if not CONFIGS.is_dir():
+        raise SkipsegError(f"{CONFIGS}: the configs folder is missing (install skipseg from its source tree: "
+                           "pip install -e .)")
+    done_dir = out / ".demo"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    write_configs(out)
+    steps = plan(out, settings)
+    start = time.perf_counter()
+    for number, step in enumerate(steps, start=1):
+        marker = done_dir / f"{step.name}.done"
+        header = f"[{number}/{len(steps)}] {step.title}"
+        if marker.is_file():
+            print(f"{header}: done earlier ({marker.read_text().strip()})", flush=True)
+            continue
+        argv = _resumable(step)
+        print(f"\n{header}  ({time.perf_counter() - start:.0f} s)\n  $ skipseg {shlex.join(argv)}", flush=True)
+        began = time.perf_counter()
+        code = main(argv)
+        if code != 0:
+            raise SkipsegError(f"demo step {number} ({step.title}) failed with exit code {code}; fix the "
+                               f"cause and run the demo again: finished steps are kept in {done_dir}")
+        marker.write_text(f"{time.perf_counter() - began:.1f} s\n")
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return out / "report" / "report.html"
