@@ -12,7 +12,7 @@ from conftest import tiny_train_config
 from skipseg.cli import main
 from skipseg.engine.checkpoint import load_checkpoint
 from skipseg.engine.evaluator import evaluate_model
-from skipseg.engine.probe import HeadSpec, build_probe, probe_from_run
+from skipseg.engine.probe import HeadSpec, build_probe, head_conv, probe_from_run, read_rows
 from skipseg.engine.runtime import Runtime
 from skipseg.models.skipnet import SkipNet
 from test_sweep import tiny_sweep
@@ -54,6 +54,60 @@ def test_each_head_gets_the_gradient_it_would_get_alone(shapes_root):
     F.cross_entropy(alone(x), target, ignore_index=255).backward()
     for (name, a), b in zip(alone.head.named_parameters(), probe.heads["tap2_k5"].parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_read_rows_are_those_bilinear_resampling_weighs():
+    assert read_rows(10, 4).tolist() == [0, 1, 3, 4, 5, 6, 8, 9]  # sources 0.75, 3.25, 5.75, 8.25
+    assert read_rows(7, 7).tolist() == list(range(7)) and read_rows(3, 8).tolist() == [0, 1, 2]
+
+
+def test_small_map_conv_has_conv2d_outputs_and_weight_gradients():
+    """A 2×3 map under a 5×3 kernel: the batched-matmul weight gradient equals conv2d's."""
+    torch.manual_seed(0)
+    f, g = torch.randn(3, 6, 2, 3), torch.randn(3, 4, 2, 3)
+    w, b = torch.randn(4, 6, 5, 3, requires_grad=True), torch.randn(4, requires_grad=True)
+    out = head_conv(f, w, b, (2, 1))
+    assert out.grad_fn.name().startswith("SmallMapConv")
+    torch.autograd.backward(out, g)
+    grads = [w.grad.clone(), b.grad.clone()]
+    w.grad = b.grad = None
+    torch.autograd.backward(F.conv2d(f, w, b, padding=(2, 1)), g)
+    torch.testing.assert_close(out, F.conv2d(f, w, b, padding=(2, 1)))
+    torch.testing.assert_close(grads, [w.grad, b.grad])
+    assert head_conv(torch.randn(1, 6, 5, 5), w, b, (2, 1)).grad_fn.name() != "SmallMapConvBackward"
+
+
+@pytest.mark.parametrize("mode", ["box", "pixel"])
+def test_bulk_forward_equals_every_head_alone(shapes_root, mode):
+    """Fused top convs, the rows the grid reads in strips (layer1.0: 26×21 → 5×5 reads 10 rows),
+    a 7×7 kernel trimmed to layer4.0's 4×3 map: each head's scores and gradients are its own (up to
+    float32 rounding: the convs sum in another order)."""
+    heads = [HeadSpec("noskip", None, None), HeadSpec("a3", "layer1.0", 3), HeadSpec("a7", "layer1.0", 7),
+             HeadSpec("b5", "layer3.0", 5), HeadSpec("c7", "layer4.0", 7), HeadSpec("c3", "layer4.0", 3)]
+    torch.manual_seed(0)
+    probe = build_probe(probe_config(shapes_root, f"model.mode={mode}"), heads).train()
+    for p in probe.heads.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x, mask = torch.randn(2, 3, 101, 83), torch.randint(0, 21, (2, 101, 83))
+    target = probe.target_from_mask(mask) if mode == "box" else mask
+    taps = probe.features(x)
+    assert taps["layer1.0"].shape[-2:] == (26, 21) and len(read_rows(26, 5)) == 10
+    assert taps["layer4.0"].shape[-2:] == (4, 3) and not any(t.requires_grad for t in taps.values())
+    out = probe(x)
+    sum(F.cross_entropy(z, target, ignore_index=255) for z in out.values()).backward()
+    assert all(p.grad is None for p in probe.backbone.parameters())
+    trimmed = probe.heads["c7"].conv_tap.weight.grad  # [8, 512, 7, 7] on a 4×3 map: columns 0 and 6 unused
+    assert trimmed[..., [0, 6]].abs().max() == 0 and trimmed[..., 1:6].abs().sum((0, 1)).min() > 0
+    for spec in heads:
+        head = probe.heads[spec.name]
+        fused = [p.grad.clone() for p in head.parameters()]
+        head.zero_grad()
+        alone = head(taps[probe.top], taps[spec.tap].contiguous() if spec.tap else None, probe.grid)
+        alone = alone if mode == "box" else F.interpolate(alone, size=(101, 83), mode="bilinear")
+        torch.testing.assert_close(out[spec.name], alone, rtol=1e-4, atol=1e-4, msg=spec.name)
+        F.cross_entropy(alone, target, ignore_index=255).backward()
+        for (name, p), g in zip(head.named_parameters(), fused):
+            torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-4, msg=f"{spec.name}.{name}")
 
 
 def test_probe_sweep_gives_the_separate_sweeps_tables(tmp_path, shapes_root):
