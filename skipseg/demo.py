@@ -43,10 +43,10 @@ class DemoSettings:
 
 
 FULL = DemoSettings(train_images=600, val_images=60, size=64, classes=6, fcn_iterations=(600, 300, 300),
-                    deconv_iterations=(300, 300), skip_iterations=(300, 200), skip_input=95, skip_grid=9,
+                    deconv_iterations=(250, 250), skip_iterations=(150, 100), skip_input=95, skip_grid=9,
                     proposals=50, proposal_images=60)
-QUICK = DemoSettings(train_images=160, val_images=16, size=64, classes=6, fcn_iterations=(60, 30, 30),
-                     deconv_iterations=(30, 30), skip_iterations=(30, 20), skip_input=79, skip_grid=9,
+QUICK = DemoSettings(train_images=96, val_images=16, size=64, classes=6, fcn_iterations=(40, 20, 20),
+                     deconv_iterations=(20, 20), skip_iterations=(20, 10), skip_input=79, skip_grid=9,
                      proposals=10, proposal_images=16)
 
 
