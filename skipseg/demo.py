@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from skipseg.engine.checkpoint import CHECKPOINT_DIR, STAGES_FILE
 from skipseg.errors import SkipsegError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -50,6 +51,17 @@ QUICK = DemoSettings(train_images=96, val_images=16, size=64, classes=6, fcn_ite
                      proposals=10, proposal_images=16)
 
 
+TRAINED = ("fcn32s", "fcn16s", "fcn8s", "deconvnet")  # each evaluated whole-image into RUN/eval
+# DeconvNet proposal-wise (top-K boxes, pixel-wise max), ± CRF, alone and with FCN-8s (EDeconvNet):
+# evaluation name → (runs, extra options)
+PROPOSAL_EVALS = {
+    "deconvnet_proposals": (["deconvnet"], []),
+    "deconvnet_proposals_crf": (["deconvnet"], ["--crf"]),
+    "edeconvnet": (["deconvnet", "fcn8s"], ["--proposal-runs", "1"]),
+    "edeconvnet_crf": (["deconvnet", "fcn8s"], ["--proposal-runs", "1", "--crf"]),
+}
+
+
 @dataclass(frozen=True)
 class Step:
     """One command of the demo: its title, the `skipseg` argv, and its name in OUT/.demo/."""
@@ -65,10 +77,10 @@ def plan(out: Path, settings: DemoSettings) -> list[Step]:
     common = [f"data.root={data}", f"model.num_classes={s.classes + 1}", "data.workers=1"]
     fcn_crop = [f"data.crop_size={s.size}"]
 
-    def train(name: str, config: str, its: int | None, *extra: str) -> Step:
+    def train(name: str, config: Path, its: int | None, *extra: str) -> Step:
         length = [f"train.iterations={its}", f"train.val_every={its}", f"train.checkpoint_every={its}"] if its else []
         return Step(f"train_{name}", f"train {name}",
-                    ["train", str(CONFIGS / config), "--out", str(runs / name), *common, *length, *extra])
+                    ["train", str(config), "--out", str(runs / name), *common, *length, *extra])
 
     def evaluate(name: str, run_names: list[str], *extra: str, out_dir: Path | None = None) -> Step:
         return Step(f"eval_{name}", f"evaluate {name}",
@@ -85,18 +97,15 @@ def plan(out: Path, settings: DemoSettings) -> list[Step]:
         Step("data", "generate the data", ["data", "shapes", str(data), "--train", str(s.train_images),
                                            "--val", str(s.val_images), "--size", str(s.size),
                                            "--classes", str(s.classes), *scene]),
-        train("fcn32s", "fcn32s_shapes.yaml", s.fcn_iterations[0], *fcn_crop),
-        train("fcn16s", "fcn16s_shapes.yaml", s.fcn_iterations[1], *fcn_crop, f"model.init_from={runs / 'fcn32s'}"),
-        train("fcn8s", "fcn8s_shapes.yaml", s.fcn_iterations[2], *fcn_crop, f"model.init_from={runs / 'fcn16s'}"),
-        train("deconvnet", "deconvnet_shapes.yaml", None, f"stages.stage1.train.iterations={d1}",
+        train("fcn32s", CONFIGS / "fcn32s_shapes.yaml", s.fcn_iterations[0], *fcn_crop),
+        train("fcn16s", CONFIGS / "fcn16s_shapes.yaml", s.fcn_iterations[1], *fcn_crop, f"model.init_from={runs / 'fcn32s'}"),
+        train("fcn8s", CONFIGS / "fcn8s_shapes.yaml", s.fcn_iterations[2], *fcn_crop, f"model.init_from={runs / 'fcn16s'}"),
+        train("deconvnet", CONFIGS / "deconvnet_shapes.yaml", None, f"stages.stage1.train.iterations={d1}",
               f"stages.stage1.train.val_every={d1}", f"stages.stage2.train.iterations={d2}", f"stages.stage2.train.val_every={d2}"),
-        train("skip_backbone", str(out / "configs" / "skip_backbone.yaml"), s.skip_iterations[0], "model.tap=none",
+        train("skip_backbone", out / "configs" / "skip_backbone.yaml", s.skip_iterations[0], "model.tap=none",
               *skip),
-        *(evaluate(name, [name], out_dir=runs / name / "eval") for name in ("fcn32s", "fcn16s", "fcn8s", "deconvnet")),
-        evaluate("deconvnet_proposals", ["deconvnet"], *proposal_args),
-        evaluate("deconvnet_proposals_crf", ["deconvnet"], *proposal_args, "--crf"),
-        evaluate("edeconvnet", ["deconvnet", "fcn8s"], *proposal_args, "--proposal-runs", "1"),
-        evaluate("edeconvnet_crf", ["deconvnet", "fcn8s"], *proposal_args, "--proposal-runs", "1", "--crf"),
+        *(evaluate(name, [name], out_dir=runs / name / "eval") for name in TRAINED),
+        *(evaluate(name, run_names, *proposal_args, *extra) for name, (run_names, extra) in PROPOSAL_EVALS.items()),
         Step("sweep_skip", "skip study: every tap × n probed on the trained backbone",
              ["sweep", str(CONFIGS / "skip_inception_shapes.yaml"), "--out", str(runs / "skip_inception"), *common,
               *skip, "sweep.mode=probe", f"model.init_from={runs / 'skip_backbone'}",
@@ -111,10 +120,7 @@ def report_inputs(out: Path) -> list[str]:
     """What the report compares: the trained runs (curves + their evaluation), the proposal-wise and
     ensemble evaluations, and the skip study."""
     runs, evals = out / "runs", out / "eval"
-    return [*(str(runs / n) for n in ("fcn32s", "fcn16s", "fcn8s", "deconvnet")),
-            *(str(evals / n) for n in ("deconvnet_proposals", "deconvnet_proposals_crf", "edeconvnet",
-                                       "edeconvnet_crf")),
-            str(runs / "skip_inception")]
+    return [*(str(runs / n) for n in TRAINED), *(str(evals / n) for n in PROPOSAL_EVALS), str(runs / "skip_inception")]
 
 
 def write_configs(out: Path) -> None:
@@ -133,7 +139,7 @@ def _resumable(step: Step) -> list[str]:
     """A training step whose run folder already holds a checkpoint continues it instead."""
     if step.argv[0] == "train":
         run_dir = Path(step.argv[step.argv.index("--out") + 1])
-        if (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "stages.json").is_file():
+        if (run_dir / CHECKPOINT_DIR / "last.pt").is_file() or (run_dir / STAGES_FILE).is_file():
             return ["train", "--resume", str(run_dir)]
     return step.argv
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from skipseg.cli import build_parser, main
+from skipseg.cli import build_parser
 from skipseg.demo import FULL, QUICK, plan, run_demo, write_configs
 
 TINY = dataclasses.replace(QUICK, train_images=12, val_images=3, fcn_iterations=(2, 1, 1), deconv_iterations=(1, 1),

@@ -6,6 +6,14 @@ import argparse
 from skipseg.errors import SkipsegError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parse_scales(text: str) -> tuple[float, ...]:
     """'0.75,1,1.25' → (0.75, 1.0, 1.25)."""
     try:

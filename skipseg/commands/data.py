@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from skipseg.commands._common import positive_int
 from skipseg.errors import SkipsegError
 
 
@@ -13,13 +14,6 @@ def _count(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -34,13 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shapes.add_argument("out", metavar="OUT", type=Path, help="output folder")
     shapes.add_argument("--train", type=_count, default=200, help="training images (default 200)")
     shapes.add_argument("--val", type=_count, default=50, help="validation images (default 50)")
-    shapes.add_argument("--size", type=_positive, default=128, help="image side in pixels (default 128)")
+    shapes.add_argument("--size", type=positive_int, default=128, help="image side in pixels (default 128)")
     shapes.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     scene = shapes.add_argument_group("scene (defaults: the embedded dataset; smaller = an easier variant)")
-    scene.add_argument("--classes", type=_positive, default=20, help="object classes, 1..20 (default 20)")
+    scene.add_argument("--classes", type=positive_int, default=20, help="object classes, 1..20 (default 20)")
     scene.add_argument("--min-scale", type=float, default=0.05, help="smallest object extent / side (0.05)")
     scene.add_argument("--max-scale", type=float, default=0.9, help="largest object extent / side (0.9)")
-    scene.add_argument("--max-objects", type=_positive, default=6, help="objects per image, at most (6)")
+    scene.add_argument("--max-objects", type=positive_int, default=6, help="objects per image, at most (6)")
     scene.add_argument("--clutter", type=float, default=1.0, help="distractor amount, 0..4 (default 1)")
     shapes.add_argument("--workers", type=_count, default=min(4, os.cpu_count() or 1),
                         help="worker processes (default: the cores, at most 4; 0 = in-process)")
@@ -54,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--split", help="one split (default: every split listed); train_aug needs --sbd-root")
     check.add_argument("--sbd-root", type=Path, help="SBD folder (benchmark_RELEASE) for train_aug")
     check.add_argument(
-        "--num-classes", type=_positive, help="labels must be < N or 255 (default: the dataset's classes)"
+        "--num-classes", type=positive_int, help="labels must be < N or 255 (default: the dataset's classes)"
     )
     check.set_defaults(func=run_check)
 

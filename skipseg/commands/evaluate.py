@@ -6,14 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from skipseg.commands._common import add_inference_args, parse_crf, parse_indices, parse_scales
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from skipseg.commands._common import add_inference_args, parse_crf, parse_indices, parse_scales, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--save-pred", action="store_true", help="write DIR/pred/<id>.png palette predictions")
     parser.add_argument("--out", required=True, help="output folder for metrics.json (and pred/)")
-    parser.add_argument("--max-images", type=_positive, metavar="N", help="score only the first N images of the split")
+    parser.add_argument("--max-images", type=positive_int, metavar="N", help="score only the first N images of the split")
     parser.add_argument("--no-progress", action="store_true")
     add_inference_args(parser)
     group = parser.add_argument_group("proposal-wise inference and CRF (DeconvNet §3.3, any model)")

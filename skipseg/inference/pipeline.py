@@ -14,7 +14,7 @@ from torch import nn
 from skipseg.engine.runtime import Runtime
 from skipseg.errors import SkipsegError
 from skipseg.inference.crf import CRFParams
-from skipseg.inference.predictor import predict_probs
+from skipseg.inference.predictor import predict_probs, read_rgb
 
 # probs_fn(images [N,3,H,W] normalised, dataset indices) -> probabilities [N, C, H, W]
 ProbsFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
@@ -79,7 +79,6 @@ def _proposal_probs(model: nn.Module, image: torch.Tensor, path: Path, runtime: 
 
 def _crf(probs: torch.Tensor, path: Path, params: CRFParams) -> torch.Tensor:
     from skipseg.inference.crf import dense_crf
-    from skipseg.inference.proposals import read_rgb
 
     refined = dense_crf(probs.float().cpu().numpy(), read_rgb(path), params)
     return torch.from_numpy(refined).to(probs.device)

@@ -85,18 +85,22 @@ def model_options(config: Config, with_init: bool = True) -> dict[str, Any]:
     return options
 
 
-def read_rgb_tensor(path: str | Path) -> torch.Tensor:
-    """An image file as a uint8 `[3, H, W]` RGB tensor (any PIL mode converted); unreadable → one-line error."""
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as an (H, W, 3) uint8 RGB array (any PIL mode converted); unreadable → one-line error."""
     from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.v2 import functional as TF
 
     from skipseg.errors import SkipsegError
 
     try:
         with Image.open(path) as image:
-            return TF.pil_to_tensor(image.convert("RGB"))
+            return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise SkipsegError(f"{path}: not a readable image ({exc})") from None
+
+
+def read_rgb_tensor(path: str | Path) -> torch.Tensor:
+    """An image file as a uint8 `[3, H, W]` RGB tensor (see `read_rgb`)."""
+    return torch.from_numpy(np.ascontiguousarray(read_rgb(path).transpose(2, 0, 1)))
 
 
 def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:

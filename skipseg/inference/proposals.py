@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.ops import nms
 
 from skipseg.errors import SkipsegError
+from skipseg.inference.predictor import read_rgb
 
 CACHE_VERSION = 1
 METHODS = ("fast", "quality")
@@ -40,15 +40,6 @@ def _libc_srand():
 
 
 _SRAND = _libc_srand()
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as an (H, W, 3) uint8 RGB array."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise SkipsegError(f"{path}: not a readable image ({exc})") from None
 
 
 def selective_search(image: np.ndarray, method: str = "fast", max_side: int = 200) -> np.ndarray:

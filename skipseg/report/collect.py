@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from skipseg.engine.checkpoint import STAGES_FILE
 from skipseg.errors import SkipsegError
 
 SCORE_KEYS = ("mean_iou", "pixel_acc", "mean_acc", "fw_iou")
@@ -85,7 +86,7 @@ def kind_of(path: Path) -> str:
                            "or an evaluation's metrics.json")
     if (path / "plan.json").is_file():
         return "sweep"
-    if (path / "stages.json").is_file():
+    if (path / STAGES_FILE).is_file():
         return "run"
     if (path / "config.yaml").is_file() and (path / "metrics.csv").is_file():
         return "run"
