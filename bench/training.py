@@ -3,8 +3,8 @@
 Each model runs on two paths: *fp32 NCHW* (the plain baseline) and the *default fast path*, i.e.
 what `make_runtime(device, "auto", None)` picks (bf16 autocast + channels_last on CUDA and on CPUs
 with native bf16; fp32 NCHW on other CPUs, where the two paths are the same and measured once).
-A training step = forward, cross-entropy, backward, SGD step; inference = forward under
-`torch.inference_mode`. FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` during the
+A training step = forward, cross-entropy, backward, the trainer's SGD step (fused, momentum 0.9);
+inference = forward under `torch.inference_mode`. FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` during the
 (untimed) warm-up call: convolutions and matrix products, forward + backward for training
 (optimiser not counted), forward for inference. Achieved FLOP/s = counted FLOPs / median time.
 """
@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import Context, add_target, figure, stats, time_calls
+from skipseg.config import TrainConfig
 from skipseg.data.palette import IGNORE_INDEX
 from skipseg.engine.evaluator import grid_targets
+from skipseg.engine.optim import build_optimizer
 from skipseg.engine.runtime import Runtime, make_runtime
 from skipseg.models import build_model
 
@@ -69,7 +71,7 @@ def measure(case: Case, runtime: Runtime, repeats: tuple[int, int, float]) -> di
     torch.manual_seed(0)
     model = runtime.prepare_model(build_model(case.model, num_classes=21, **case.options))
     params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9, momentum=0.9)
+    optimizer = build_optimizer(model, TrainConfig(optimizer="sgd", lr=1e-9))  # the trainer's (fused) SGD
     images = runtime.to_input(torch.randn(case.batch, 3, case.size, case.size))
     target = torch.randint(0, 21, (case.batch, case.size, case.size), device=device)
     to_target = grid_targets(model)

@@ -110,7 +110,7 @@ def _symmetric_random(model: nn.Module) -> nn.Module:
     torch.manual_seed(0)
     with torch.no_grad():
         for module in model.modules():
-            if type(module) is nn.Conv2d:
+            if isinstance(module, nn.Conv2d):
                 weight = torch.randn_like(module.weight)
                 weight = weight + weight.flip(-1)
                 module.weight.copy_(weight + weight.flip(-2))

@@ -23,6 +23,7 @@ from torchvision.models.googlenet import BasicConv2d, Inception
 from torchvision.models.vgg import make_layers
 
 from skipseg.errors import SkipsegError
+from skipseg.models.fc_conv import FCConv2d
 from skipseg.models.geometry import Grid, min_input_size, track_grid
 
 
@@ -104,7 +105,7 @@ class StagedBackbone(Backbone):
 
 def _fc_block(cin: int, cout: int, kernel: int, padding: int,
               dropout: float) -> tuple[nn.Conv2d, nn.ReLU, nn.Dropout]:
-    return nn.Conv2d(cin, cout, kernel, padding=padding), nn.ReLU(inplace=True), nn.Dropout(dropout)
+    return FCConv2d(cin, cout, kernel, padding=padding), nn.ReLU(inplace=True), nn.Dropout(dropout)
 
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")

@@ -26,6 +26,7 @@ from torchvision.models.vgg import make_layers
 
 from skipseg.errors import SkipsegError
 from skipseg.models.backbones import VGG16_CFG, StagedBackbone, scaled
+from skipseg.models.fc_conv import FCConv2d, FCConvTranspose2d
 from skipseg.models.init import initialize
 from skipseg.models.registry import register_model
 from skipseg.models.unpool import SwitchPool, Unpool
@@ -62,7 +63,7 @@ class DeconvNetBackbone(StagedBackbone):
         self.features = make_layers(cfg, batch_norm=True)
         c5, cfc = scaled(512, width), scaled(4096, width)
         kernel = check_input_size(input_size) // 32
-        self.fc6, self.bn6, self.relu6 = nn.Conv2d(c5, cfc, kernel), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
+        self.fc6, self.bn6, self.relu6 = FCConv2d(c5, cfc, kernel), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
         self.fc7, self.bn7, self.relu7 = nn.Conv2d(cfc, cfc, 1), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
         stages, start, channels = [], 0, 3
         for i, layer in enumerate(self.features):
@@ -99,9 +100,9 @@ def check_input_size(size: int) -> int:
     return size
 
 
-def _deconv(cin: int, cout: int, kernel: int, padding: int) -> nn.Sequential:
+def _deconv(cin: int, cout: int, kernel: int, padding: int, layer: type = nn.ConvTranspose2d) -> nn.Sequential:
     """deconv → BN → ReLU; index 0 is the transposed convolution itself."""
-    return nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel, padding=padding), nn.BatchNorm2d(cout),
+    return nn.Sequential(layer(cin, cout, kernel, padding=padding), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
 
 
@@ -114,7 +115,7 @@ class DeconvNet(nn.Module):
         self.input_size = (input_size, input_size)  # what the predictor resizes images and crops to
         self.backbone = DeconvNetBackbone(width, input_size)
         kernel = input_size // 32  # deconv-fc6 mirrors fc6: 1×1 → kernel×kernel (7×7 at 224)
-        self.deconv_fc6 = _deconv(scaled(4096, width), scaled(512, width), kernel, 0)
+        self.deconv_fc6 = _deconv(scaled(4096, width), scaled(512, width), kernel, 0, FCConvTranspose2d)
         for unpool, _, deconvs in DECODER:
             setattr(self, unpool, Unpool(2))
             for name, cin, cout in deconvs:

@@ -1,0 +1,90 @@
+"""fc6 / deconv-fc6 as matrix products: the same outputs and gradients as PyTorch's convolutions."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from skipseg.config import TrainConfig
+from skipseg.engine.optim import build_optimizer
+from skipseg.models.fc_conv import FCConv2d, FCConvTranspose2d
+
+
+def _twins(fast_cls, plain_cls, cin, cout, kernel, padding):
+    torch.manual_seed(0)
+    fast = fast_cls(cin, cout, kernel, padding=padding)
+    plain = plain_cls(cin, cout, kernel, padding=padding)
+    plain.load_state_dict(fast.state_dict())  # same parameters, same keys: checkpoints are unchanged
+    return fast, plain
+
+
+def _compare(fast, plain, shape, channels_last=False):
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = fast(xa), plain(xb)
+    assert ya.shape == yb.shape
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
+    grad = torch.randn_like(yb)
+    ya.backward(grad)
+    yb.backward(grad)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(fast.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-3)
+    return ya
+
+
+@pytest.mark.parametrize("kernel,padding,shape", [
+    (7, 3, (2, 6, 8, 9)),     # FCN's fc6: 'same' padding on a map barely larger than the kernel
+    (7, 0, (3, 6, 7, 7)),     # DeconvNet's fc6: one output position
+    (5, 2, (1, 6, 45, 61)),   # too many positions: the ordinary convolution runs
+])
+def test_fc_conv_matches_conv2d(kernel, padding, shape):
+    fast, plain = _twins(FCConv2d, nn.Conv2d, 6, 5, kernel, padding)
+    _compare(fast, plain, shape)
+
+
+@pytest.mark.parametrize("kernel,padding,shape", [
+    (7, 0, (3, 6, 1, 1)),     # DeconvNet's deconv-fc6: 1x1 -> 7x7
+    (3, 1, (2, 6, 5, 7)),     # padded, several positions: fold (col2im) path
+    (3, 1, (1, 6, 45, 61)),   # too many positions: the ordinary transposed convolution
+])
+def test_fc_conv_transpose_matches_conv_transpose2d(kernel, padding, shape):
+    fast, plain = _twins(FCConvTranspose2d, nn.ConvTranspose2d, 6, 5, kernel, padding)
+    _compare(fast, plain, shape)
+
+
+def test_channels_last_input_gives_channels_last_output():
+    fast, plain = _twins(FCConv2d, nn.Conv2d, 6, 5, 7, 3)
+    out = _compare(fast, plain, (2, 6, 8, 8), channels_last=True)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    fast_t, plain_t = _twins(FCConvTranspose2d, nn.ConvTranspose2d, 6, 5, 3, 1)
+    out = _compare(fast_t, plain_t, (2, 6, 4, 4), channels_last=True)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_matmul_path_is_taken_on_small_maps_only():
+    fast = FCConv2d(4, 4, 7, padding=3)
+    assert fast._use_matmul(torch.randn(1, 4, 8, 8))
+    assert not fast._use_matmul(torch.randn(8, 4, 16, 16))  # 2048 positions: oneDNN is as fast there
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_optimizer_is_fused_on_cpu_and_steps_like_the_plain_one(name):
+    torch.manual_seed(0)
+    fused_model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    plain_model = copy.deepcopy(fused_model)
+    cfg = TrainConfig(optimizer=name, lr=0.1)
+    fused = build_optimizer(fused_model, cfg)
+    assert fused.defaults["fused"] is True
+    plain = (torch.optim.SGD(plain_model.parameters(), lr=0.1, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+             if name == "sgd" else torch.optim.Adam(plain_model.parameters(), lr=0.1, weight_decay=cfg.weight_decay))
+    x = torch.randn(2, 3, 9, 11)
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
