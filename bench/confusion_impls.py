@@ -1,14 +1,15 @@
 """Throughput of confusion-matrix accumulation (pixels/s), several implementations side by side.
 
-    python bench/bench_confusion.py [--classes 21] [--batch 8] [--size 512] [--rounds 15]
-                                    [--json bench/results/confusion.json]
+    python -m bench.confusion_impls [--classes 21] [--batch 8] [--size 512] [--rounds 15]
+                                    [--json bench/results/confusion_impls.json]
 
 Inputs: a batch of random labels (`--batch` × `--size` × `--size`, 10 % void 255), as uint8 and as
 int64, with torch's intra-op threads set to 1 and to all cores. Each implementation must give the
 same matrix as the baseline. The implementations are interleaved round by round so a noisy
 neighbour slows them all alike; the figures are the median and the best over all calls, and the
 JSON records the CPU pressure (/proc/pressure/cpu) before and after, as other load skews them.
-`ConfusionMatrix.update` is what skipseg uses (it also checks that predictions lie in [0, C)).
+`ConfusionMatrix.update` is what skipseg uses (it also checks that predictions lie in [0, C));
+`python -m bench.run --only confusion` measures it alone inside the whole benchmark.
 """
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from skipseg.metrics import ConfusionMatrix  # noqa: E402
+from skipseg.metrics import ConfusionMatrix
 
 
 def make_impls(c: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (3 calls each)")
-    ap.add_argument("--json", type=Path, default=Path("bench/results/confusion.json"))
+    ap.add_argument("--json", type=Path, default=Path("bench/results/confusion_impls.json"))
     args = ap.parse_args(argv)
 
     c = args.classes
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = {
         "benchmark": "confusion matrix accumulation",
-        "command": "python bench/bench_confusion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench.confusion_impls " + " ".join(argv if argv is not None else sys.argv[1:]),
         "num_classes": c, "shape": list(shape), "pixels_per_call": npix, "void_fraction": 0.1,
         "rounds": args.rounds, "calls_per_round": 3,
         "machine": {"cpu_count": cores, "platform": platform.platform(), "processor": platform.processor()},

@@ -45,7 +45,7 @@ def default_class_names(num_classes: int) -> list[str]:
 def _work_dtype(num_classes: int) -> torch.dtype:
     """Narrowest signed dtype that holds every intermediate bin index, from −C to C·C + C − 1.
 
-    Narrow is fast: the index arithmetic and `bincount` are memory bound (see bench/bench_confusion.py).
+    Narrow is fast: the index arithmetic and `bincount` are memory bound (see bench/confusion_impls.py).
     """
     top = num_classes * num_classes + num_classes
     if top < 2**15:
