@@ -29,7 +29,7 @@ def run_proposals(ctx: Context) -> dict:
            f"{torch.get_num_threads()} threads")
     seconds = result["seconds_by_batch"]
     figures = [figure(f"proposals.batch_{b}_s_per_image", s, "s",
-                      f"{b} crop{'s' if b > 1 else ''} per forward{' (the default here)' if b == default else ''}; {how}")
+                      f"{b} crop(s) per forward{' (the default here)' if b == default else ''}; {how}")
                for b, s in seconds.items()]
     figures.append(figure("proposals.generation_s_per_image", result["proposals_s"], "s",
                           "selective search (OpenCV, fast, longer side 200 px), top 50, deduplicated"))

@@ -73,8 +73,8 @@ def _proposal_probs(model: nn.Module, image: torch.Tensor, path: Path, runtime: 
     from skipseg.inference.proposals import proposals
 
     boxes = proposals(path, k=options.proposals, cache_dir=options.proposal_cache)
-    return proposal_probs(model, image, boxes, runtime, aggregate=options.aggregate,
-                          batch_size=options.proposal_batch or default_proposal_batch(runtime.device)).to(runtime.device)
+    batch = options.proposal_batch or default_proposal_batch(runtime.device)
+    return proposal_probs(model, image, boxes, runtime, aggregate=options.aggregate, batch_size=batch).to(runtime.device)
 
 
 def default_proposal_batch(device: torch.device) -> int:

@@ -1,5 +1,5 @@
-"""Fully connected layers cast as convolutions (FCN's and DeconvNet's fc6, DeconvNet's deconv-fc6),
-computed as matrix products on the small maps they see in training.
+"""Fully connected layers cast as convolutions (fc6/fc7 of FCN and DeconvNet, DeconvNet's
+deconv-fc6), computed as matrix products on the small maps they see in training.
 
 VGG's fc6 as a convolution is 7x7 with 512 -> 4096 channels, and at training sizes it runs on maps
 barely larger than its kernel (8x8 for a 256-pixel crop). oneDNN's direct convolution reaches only
@@ -7,11 +7,11 @@ barely larger than its kernel (8x8 for a 256-pixel crop). oneDNN's direct convol
 forward + backward, batch 1, one thread), and fc6 is then ~40 % of FCN-8s's time. The same
 product as one matrix multiplication over unfolded patches runs at ~52 / 39 GFLOP/s, i.e. 1.9x
 faster per step for that layer. DeconvNet's fc6 (7x7 on a 7x7 map, one output position) and its
-mirror deconv-fc6 (1x1 -> 7x7) are worse: 3.3 and 2.8 GFLOP/s forward at batch 8 against 22 and 23
-as matmuls (3.5-4.6x faster forward + backward). On larger maps the direct kernel catches up (equal at 512 output
-positions), so the matmul path is taken only for small maps on the CPU; GPUs, ONNX export and
-large maps use the ordinary convolution. The parameters are those of `nn.Conv2d`, so weights and
-checkpoints are unchanged.
+mirror deconv-fc6 (1x1 -> 7x7) are worse: 3.3 and 2.8 GFLOP/s forward at batch 8 against 22 and
+23 as matmuls (3.5-4.6x faster forward + backward). On larger maps the direct kernel catches up
+(equal at 512 output positions), so the matmul path is taken only for small maps on the CPU; GPUs,
+ONNX export and large maps use the ordinary convolution. The parameters are those of the nn
+layers, so weights and checkpoints are unchanged.
 """
 from __future__ import annotations
 
