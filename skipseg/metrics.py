@@ -160,6 +160,39 @@ class ConfusionMatrix:
         return scores_from_matrix(self.mat, class_names, num_images=self.num_images)
 
 
+class CrossEntropyMeter:
+    """Mean cross-entropy (nats) of predicted distributions over the valid pixels (or cells) of a dataset.
+
+    Sensitive where mIoU is not: a model whose argmax is still "background everywhere" can be closer
+    to or further from the labels (the skip study compares heads on barely trained backbones so).
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, log_probs: torch.Tensor, target: torch.Tensor) -> None:
+        """`log_probs` `[N, C, H, W]` (log-softmax of logits, or log of probabilities), `target` `[N, H, W]`."""
+        valid = (target >= 0) & (target < log_probs.shape[1])  # 255 and anything outside [0, C) ignored
+        picked = log_probs.float().gather(1, target.clamp(0, log_probs.shape[1] - 1)[:, None])[:, 0]  # [N, H, W]
+        self.total += -(picked * valid).sum().to(self.total)
+        self.count += valid.sum().to(self.count)
+
+    def all_reduce(self) -> None:
+        """Sum over all ranks when torch.distributed is initialised."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            buf = torch.stack([self.total, self.count])
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            self.total.copy_(buf[0])
+            self.count.copy_(buf[1])
+
+    def compute(self) -> float | None:
+        """The mean over valid pixels; None when there was none."""
+        return float(self.total / self.count) if self.count > 0 else None
+
+
 def _none_if_nan(x: float) -> float | None:
     x = float(x)
     return None if np.isnan(x) else x

@@ -37,6 +37,7 @@ def test_evaluate_writes_scores_and_palette_predictions(tmp_path, trained_run, s
                  "--scales", "0.75,1", "--out", str(out), "--no-progress", "--workers", "0"]) == 0
     scores = json.loads((out / "metrics.json").read_text())
     assert {"pixel_acc", "mean_acc", "mean_iou", "fw_iou", "per_class_iou", "class_names", "num_images"} <= set(scores)
+    assert 0 < scores["cross_entropy"] < 10  # nats per valid pixel of the flip/scale-averaged probabilities
     assert scores["num_images"] == 4 and len(scores["per_class_iou"]) == 21
     preds = sorted(out.glob("pred/*.png"))
     ids = (shapes_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from skipseg.data.palette import VOC_CLASSES
-from skipseg.metrics import ConfusionMatrix, format_table, scores_from_matrix
+from skipseg.metrics import ConfusionMatrix, CrossEntropyMeter, format_table, scores_from_matrix
 
 V = 255  # void
 
@@ -286,3 +286,20 @@ def test_format_table_shows_percentages():
     assert "52.22" in table  # mean IoU 47/90
     assert "54.33" in table  # fw IoU 163/300
     assert "76.67" in table  # mean accuracy 23/30
+
+
+def test_cross_entropy_meter_is_the_dataset_mean_with_void_ignored():
+    torch.manual_seed(0)
+    logits = [torch.randn(2, 5, 45, 61), torch.randn(1, 5, 45, 61)]
+    targets = [torch.randint(0, 5, (2, 45, 61)), torch.randint(0, 5, (1, 45, 61))]
+    targets[0][:, :10] = 255  # void band
+    targets[1][0, 0, 0] = 7   # outside [0, C): ignored like void
+    meter = CrossEntropyMeter()
+    for x, t in zip(logits, targets):
+        meter.update(torch.log_softmax(x, dim=1), t)
+    flat_logits = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, 5) for x in logits])
+    flat_targets = torch.cat([t.reshape(-1) for t in targets])
+    keep = flat_targets < 5
+    expected = torch.nn.functional.cross_entropy(flat_logits[keep], flat_targets[keep])  # mean over all valid pixels
+    assert meter.compute() == pytest.approx(expected.item(), rel=1e-6)
+    assert CrossEntropyMeter().compute() is None  # nothing valid: undefined, not 0

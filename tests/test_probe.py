@@ -141,3 +141,4 @@ def test_probe_sweep_gives_the_separate_sweeps_tables(tmp_path, shapes_root):
                             workers=0, progress=False)
     assert scores["mean_iou"] == pytest.approx(metrics["heads"]["tap2_k3"]["mean_iou"])
     assert scores["per_class_iou"] == pytest.approx(metrics["heads"]["tap2_k3"]["per_class_iou"], nan_ok=True)
+    assert scores["cross_entropy"] == pytest.approx(metrics["heads"]["tap2_k3"]["cross_entropy"], rel=1e-4)

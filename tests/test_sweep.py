@@ -12,7 +12,7 @@ from skipseg.cli import main
 from skipseg.engine import sweep
 from skipseg.engine.logbook import Logbook
 from skipseg.errors import SkipsegError
-from skipseg.report.tables import compare_metrics
+from skipseg.report.tables import compare_metrics, table1, table3
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def test_sharded_sweep_trains_skips_complete_runs_and_collects(tmp_path, shapes_
     assert main(["sweep", "--collect", str(a), str(b)]) == 0
     report = a / "report"
     table1 = (report / "table1.csv").read_text().splitlines()
-    assert table1[0] == "Connection,Tap,best n,mIoU,Background IoU"
+    assert table1[0] == "Connection,Tap,best n,mIoU,Background IoU,val cross-entropy"
     assert [row.split(",")[:3] for row in table1[1:]] == [["No connection", "top only", "—"], ["2", "layer1.0", "3"]]
     assert all("—" not in row.split(",")[3:] for row in table1[1:])
     assert (report / "table3.csv").read_text().splitlines()[2] == "FCN-8s,90.00,50.00"
@@ -144,3 +144,20 @@ def test_compare_metrics_sources(tmp_path):
     assert compare_metrics(run) == {"mean_iou": 0.6, "background": 0.8, "source": str(run / "eval" / "metrics.json")}
     with pytest.raises(SkipsegError, match="no metrics.json"):
         compare_metrics(tmp_path / "nothing")
+
+
+def test_ties_in_miou_are_broken_by_validation_cross_entropy():
+    """Heads still at the class prior tie on mIoU; the one closer to the labels is named best."""
+    prior = {"mean_iou": 0.12, "class_names": ["background", "a"], "per_class_iou": [0.85, 0.0]}
+    records = [
+        {**prior, "label": None, "kernel": None, "tap": None, "cross_entropy": 0.70},
+        {**prior, "label": "6", "kernel": 3, "tap": "Mixed_6e", "cross_entropy": 0.69},
+        {**prior, "label": "6", "kernel": 5, "tap": "Mixed_6e", "cross_entropy": 0.61},
+        {**prior, "label": "7", "kernel": 3, "tap": "Mixed_7b", "cross_entropy": None},  # an old run: no figure
+    ]
+    header, rows = table1(records, [None, "6", "7"])
+    assert header[-1] == "val cross-entropy"
+    assert rows[0][-1] == "0.7000"
+    assert rows[1][:3] == ["7", "Mixed_7b", "3"] and rows[1][-1] == "—"
+    assert rows[2][:3] == ["6", "Mixed_6e", "5"] and rows[2][-1] == "0.6100"
+    assert table3(records, "skipnet", [])[1][0][0] == "skipnet (tap 6, n = 5)"

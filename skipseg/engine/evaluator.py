@@ -17,7 +17,7 @@ from skipseg.engine.runtime import Runtime
 from skipseg.engine.sampling import SizeGroupedBatchSampler
 from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import predict_probs
-from skipseg.metrics import ConfusionMatrix
+from skipseg.metrics import ConfusionMatrix, CrossEntropyMeter
 
 # probs_fn(images [N,3,H,W] normalised, indices) -> probabilities [N, C, H, W] (or [N, C, G_h, G_w])
 ProbsFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
@@ -77,6 +77,7 @@ def evaluate_dataset(dataset, probs_fn: ProbsFn, num_classes: int, runtime: Runt
     sampler = SizeGroupedBatchSampler(sizes, batch_size, runtime.rank, runtime.world_size)
     loader = guarded_batches(_Indexed(dataset), sampler, workers, pin_memory=runtime.device.type == "cuda")
     confusion = ConfusionMatrix(num_classes, device=runtime.device)
+    cross_entropy = CrossEntropyMeter(device=runtime.device)
     if save_pred_dir is not None:
         save_pred_dir = Path(save_pred_dir)
         save_pred_dir.mkdir(parents=True, exist_ok=True)
@@ -92,11 +93,13 @@ def evaluate_dataset(dataset, probs_fn: ProbsFn, num_classes: int, runtime: Runt
             raise SkipsegError(f"predictions of {tuple(pred.shape[-2:])} cells for masks of {tuple(target.shape[-2:])} "
                                "pixels: a model predicting grid cells is scored with its target_from_mask")
         confusion.update(pred, target)
+        cross_entropy.update(probs.float().clamp_min(1e-12).log(), target)
         if save_pred_dir is not None:
             for label, index in zip(pred.cpu().numpy().astype(np.uint8), indices.tolist()):
                 save_label_png(save_pred_dir / f"{base.ids[index]}.png", label)
     confusion.all_reduce()
-    return confusion.compute(class_names)
+    cross_entropy.all_reduce()
+    return {**confusion.compute(class_names), "cross_entropy": cross_entropy.compute()}
 
 
 def evaluate_model(model: nn.Module, dataset, runtime: Runtime, *, flip: bool = False,

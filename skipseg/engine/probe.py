@@ -35,7 +35,7 @@ from skipseg.engine.runtime import Runtime
 from skipseg.engine.sampling import SizeGroupedBatchSampler
 from skipseg.engine.trainer import Trainer
 from skipseg.inference.predictor import model_options
-from skipseg.metrics import ConfusionMatrix
+from skipseg.metrics import ConfusionMatrix, CrossEntropyMeter
 from skipseg.models.skipnet import GridPredictor, SkipHead, resample
 
 PROBE_FILE = "probe.json"
@@ -284,6 +284,7 @@ def evaluate_heads(model: ProbeNet, dataset, runtime: Runtime, *, batch_size: in
     class_names = getattr(getattr(dataset, "dataset", dataset), "class_names", None)
     sampler = SizeGroupedBatchSampler(sizes, batch_size, runtime.rank, runtime.world_size)
     matrices = {name: ConfusionMatrix(model.num_classes, device=runtime.device) for name in model.heads}
+    entropies = {name: CrossEntropyMeter(device=runtime.device) for name in model.heads}
     try:
         batches = guarded_batches(dataset, sampler, workers, pin_memory=runtime.device.type == "cuda")
         for images, masks in tqdm(batches, desc="evaluate heads", total=len(sampler), leave=False,
@@ -293,8 +294,10 @@ def evaluate_heads(model: ProbeNet, dataset, runtime: Runtime, *, batch_size: in
                 target = model.target_from_mask(target)  # [N, G, G]
             for name, logits in _head_logits(model, images, runtime).items():
                 matrices[name].update(logits.argmax(1), target)
+                entropies[name].update(F.log_softmax(logits.float(), dim=1), target)
     finally:
         model.train(was_training)
-    for matrix in matrices.values():
-        matrix.all_reduce()
-    return {name: matrix.compute(class_names) for name, matrix in matrices.items()}
+    for meter in (*matrices.values(), *entropies.values()):
+        meter.all_reduce()
+    return {name: {**matrix.compute(class_names), "cross_entropy": entropies[name].compute()}
+            for name, matrix in matrices.items()}

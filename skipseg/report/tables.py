@@ -1,7 +1,8 @@
 """Tables 1-3 of the skip study as Markdown and CSV, from the runs' final metrics; `collect` merges
 the run folders of one or more sweep folders (shards) into a report (tables + score maps).
 
-Table 1: mIoU per connection (its best n). Table 2: mIoU per connection and n. Table 3: the best
+Table 1: mIoU per connection (its best n), with the validation cross-entropy (nats per cell or pixel;
+not in the paper: it still ranks heads whose argmax has not left the class prior). Table 2: mIoU per connection and n. Table 3: the best
 configuration next to other systems (background IoU and mean IoU), read from their run folders.
 Rows follow the paper: no connection first, then the taps from the top down. All figures are
 percentages of the whole-val-split scores (`metrics.py`); a run not (yet) found shows "—".
@@ -41,14 +42,25 @@ def _connection(label: str | None) -> str:
     return "No connection" if label is None else label
 
 
+def _rank(rec: dict) -> tuple[float, float]:
+    """Higher is better: mean IoU, then (on ties, e.g. every head still at the class prior) the lower
+    validation cross-entropy."""
+    ce = rec.get("cross_entropy")
+    return (rec.get("mean_iou") or -1.0, -ce if ce is not None else float("-inf"))
+
+
 def best_by_tap(records: Sequence[dict]) -> dict[str | None, dict]:
-    """For each tap label, the record of its best n (by mean IoU)."""
+    """For each tap label, the record of its best n (by mean IoU, ties by cross-entropy)."""
     best: dict[str | None, dict] = {}
     for rec in records:
         label, current = rec.get("label"), best.get(rec.get("label"))
-        if current is None or (rec.get("mean_iou") or -1) > (current.get("mean_iou") or -1):
+        if current is None or _rank(rec) > _rank(current):
             best[label] = rec
     return best
+
+
+def nats(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.4f}"
 
 
 def table1(records: Sequence[dict], labels: Sequence[str | None]) -> Table:
@@ -58,8 +70,9 @@ def table1(records: Sequence[dict], labels: Sequence[str | None]) -> Table:
         rec = best.get(label, {})
         n = rec.get("kernel") if label is not None and rec else None
         rows.append([_connection(label), rec.get("tap") or ("top only" if label is None else MISSING),
-                     str(n) if n else MISSING, pct(rec.get("mean_iou")), pct(background_iou(rec) if rec else None)])
-    return ["Connection", "Tap", "best n", "mIoU", "Background IoU"], rows
+                     str(n) if n else MISSING, pct(rec.get("mean_iou")), pct(background_iou(rec) if rec else None),
+                     nats(rec.get("cross_entropy"))])
+    return ["Connection", "Tap", "best n", "mIoU", "Background IoU", "val cross-entropy"], rows
 
 
 def table2(records: Sequence[dict], labels: Sequence[str | None], kernels: Sequence[int]) -> Table:
@@ -101,7 +114,7 @@ def compare_metrics(path: str | Path) -> dict:
 def table3(records: Sequence[dict], method: str, compare: Sequence[tuple[str, str]]) -> Table:
     rows = []
     if records:
-        best = max(records, key=lambda r: r.get("mean_iou") or -1)
+        best = max(records, key=_rank)
         which = "no connection" if best.get("label") is None else f"tap {best['label']}, n = {best['kernel']}"
         rows.append([f"{method} ({which})", pct(background_iou(best)), pct(best.get("mean_iou"))])
     for name, run in compare:
