@@ -80,10 +80,10 @@ def test_html_is_self_contained_with_tables_and_figures(report):
     # curves, confusion matrix, samples, score maps: 1 (separate sweep) + 2 (probe sweep: both heads)
     assert len(images) == 6 and all(im.format == "PNG" and min(im.size) > 50 for im in images)
     for text in ("fcn16s", "fcn32s (last validation, iteration 3)", "fcn16s+fcn32s:last (proposals 3, max, CRF)",
-                 "skipnet resnet18: no connection", "Table 1. mIoU", "Table 2. mIoU", "Table 3. Comparison",
+                 "skipnet resnet18: no connection", "Table 1. mIoU", "Table 2. mIoU", "Table 2b. Validation cross-entropy", "Table 3. Comparison",
                  "IoU (%) per class", "Training curves", "Confusion matrix of the best system", "Sample predictions"):
         assert text in page, text
-    assert page.count("<table>") == 2 + 2 * 3  # comparison, per class, Tables 1-3 of each sweep
+    assert page.count("<table>") == 2 + 2 * 4  # comparison, per class, Tables 1, 2, 2b, 3 of each sweep
 
 
 def test_markdown_holds_every_table_in_input_order(report):
@@ -93,7 +93,7 @@ def test_markdown_holds_every_table_in_input_order(report):
     assert rows[:4] == ["fcn16s", "fcn32s (last validation, iteration 3)",
                         "fcn16s+fcn32s:last (proposals 3, max, CRF)", "skipnet resnet18: no connection"]
     assert rows[4].startswith("skipnet resnet18: ")  # the probe sweep's best head
-    assert text.count("| Connection") == 4 and text.count("| Method") == 2 and "| Class" in text
+    assert text.count("| Connection") == 6 and text.count("| Method") == 2 and "| Class" in text  # 1, 2, 2b per sweep
     assert "| background" in text
     assert (report / "sweeps" / "2_sweep_probe" / "score_maps").is_dir()  # rendered: the probe sweep had none
 

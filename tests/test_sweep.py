@@ -12,7 +12,7 @@ from skipseg.cli import main
 from skipseg.engine import sweep
 from skipseg.engine.logbook import Logbook
 from skipseg.errors import SkipsegError
-from skipseg.report.tables import compare_metrics, table1, table3
+from skipseg.report.tables import compare_metrics, table1, table2, table3
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,3 +161,6 @@ def test_ties_in_miou_are_broken_by_validation_cross_entropy():
     assert rows[1][:3] == ["7", "Mixed_7b", "3"] and rows[1][-1] == "—"
     assert rows[2][:3] == ["6", "Mixed_6e", "5"] and rows[2][-1] == "0.6100"
     assert table3(records, "skipnet", [])[1][0][0] == "skipnet (tap 6, n = 5)"
+    _, grid = table2(records, [None, "6", "7"], [3, 5, 7], key="cross_entropy")  # Table 2b
+    assert grid == [["No connection", "top only", "0.7000", "0.7000", "0.7000"],
+                    ["7", "Mixed_7b", "—", "—", "—"], ["6", "Mixed_6e", "0.6900", "0.6100", "—"]]

@@ -82,7 +82,7 @@ def sweep_section(dirs: Sequence[Path], out: Path, index: int) -> Section:
             + (f" (missing: {', '.join(result['missing'])})" if result["missing"] else "")
             + f"; training {result['train_seconds']:.1f} s wall, {result['train_cpu_seconds']:.1f} s CPU.")
     blocks = [Text(note)]
-    for name in ("table1", "table2", "table3"):
+    for name in CAPTIONS:
         blocks.append(TableBlock(CAPTIONS[name], _read_csv(result["report"] / f"{name}.csv")))
     for path in existing if existing is not None else result["score_maps"]:
         blocks.append(Figure(f"Per-class score maps z, {path.stem} (image, ground truth, prediction, then one "

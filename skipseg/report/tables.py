@@ -2,7 +2,8 @@
 the run folders of one or more sweep folders (shards) into a report (tables + score maps).
 
 Table 1: mIoU per connection (its best n), with the validation cross-entropy (nats per cell or pixel;
-not in the paper: it still ranks heads whose argmax has not left the class prior). Table 2: mIoU per connection and n. Table 3: the best
+not in the paper: it still ranks heads whose argmax has not left the class prior). Table 2
+(and 2b, the cross-entropy): mIoU per connection and n. Table 3: the best
 configuration next to other systems (background IoU and mean IoU), read from their run folders.
 Rows follow the paper: no connection first, then the taps from the top down. All figures are
 percentages of the whole-val-split scores (`metrics.py`); a run not (yet) found shows "—".
@@ -75,17 +76,20 @@ def table1(records: Sequence[dict], labels: Sequence[str | None]) -> Table:
     return ["Connection", "Tap", "best n", "mIoU", "Background IoU", "val cross-entropy"], rows
 
 
-def table2(records: Sequence[dict], labels: Sequence[str | None], kernels: Sequence[int]) -> Table:
+def table2(records: Sequence[dict], labels: Sequence[str | None], kernels: Sequence[int],
+           key: str = "mean_iou") -> Table:
+    """`key` (mean_iou as %, or cross_entropy in nats) per connection and n."""
+    show = nats if key == "cross_entropy" else pct
     by_key = {(r.get("label"), r.get("kernel")): r for r in records}
     taps = {r.get("label"): r.get("tap") for r in records}
     rows = []
     for label in _order(labels):
         if label is None:  # n does not apply: the same figure in every column
-            value = pct(by_key.get((None, None), {}).get("mean_iou"))
+            value = show(by_key.get((None, None), {}).get(key))
             rows.append([_connection(None), "top only", *([value] * len(kernels))])
         else:
             rows.append([label, taps.get(label) or MISSING,
-                         *(pct(by_key.get((label, k), {}).get("mean_iou")) for k in kernels)])
+                         *(show(by_key.get((label, k), {}).get(key)) for k in kernels)])
     return ["Connection", "Tap", *(f"n = {k}" for k in kernels)], rows
 
 
@@ -144,16 +148,19 @@ def write_csv(path: Path, table: Table) -> None:
 CAPTIONS = {
     "table1": "Table 1. mIoU (%) per connection, each with its best filter size n.",
     "table2": "Table 2. mIoU (%) per connection and filter size n.",
+    "table2_ce": "Table 2b. Validation cross-entropy (nats per cell or pixel) per connection and filter size n "
+                 "(not in the paper; lower is closer to the labels).",
     "table3": "Table 3. Comparison with other methods (IoU, %).",
 }
 
 
 def write_tables(records: Sequence[dict], labels: Sequence[str | None], kernels: Sequence[int], method: str,
                  compare: Sequence[tuple[str, str]], out_dir: str | Path, note: str = "") -> dict[str, Path]:
-    """table1/2/3 `.md` and `.csv` and `tables.md` (all three) in `out_dir`; returns the paths."""
+    """table1/2/2_ce/3 `.md` and `.csv` and `tables.md` (all of them) in `out_dir`; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {"table1": table1(records, labels), "table2": table2(records, labels, kernels),
+              "table2_ce": table2(records, labels, kernels, key="cross_entropy"),
               "table3": table3(records, method, compare)}
     paths: dict[str, Path] = {}
     sections = [f"# Single-skip-connection study: {method}", note]
