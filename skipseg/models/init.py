@@ -148,7 +148,8 @@ def init_from_checkpoint(model: nn.Module, run_or_checkpoint: str | Path) -> dic
         elif tuple(state[key].shape) != tuple(tensor.shape):
             raise SkipsegError(
                 f"{source}: {key} has shape {tuple(state[key].shape)} there but {tuple(tensor.shape)} in "
-                "this model (built with another width or num_classes?)"
+                "this model (built with another width, num_classes or input_size? DeconvNet's fc6 kernel is "
+                "input_size / 32)"
             )
         else:
             copied.append(key)
