@@ -171,10 +171,15 @@ class CrossEntropyMeter:
         self.total = torch.zeros((), dtype=torch.float64, device=device)
         self.count = torch.zeros((), dtype=torch.float64, device=device)
 
-    def update(self, log_probs: torch.Tensor, target: torch.Tensor) -> None:
-        """`log_probs` `[N, C, H, W]` (log-softmax of logits, or log of probabilities), `target` `[N, H, W]`."""
-        valid = (target >= 0) & (target < log_probs.shape[1])  # 255 and anything outside [0, C) ignored
-        picked = log_probs.float().gather(1, target.clamp(0, log_probs.shape[1] - 1)[:, None])[:, 0]  # [N, H, W]
+    def update(self, dist: torch.Tensor, target: torch.Tensor, log: bool = True) -> None:
+        """`dist` `[N, C, H, W]`: log-probabilities (`log=True`, e.g. log-softmax of logits) or
+        probabilities (`log=False`, floored at 1e-12); `target` `[N, H, W]`."""
+        classes = dist.shape[1]
+        valid = (target >= 0) & (target < classes)  # 255 and anything outside [0, C) ignored
+        # Only the target class's value is needed: gather first, then convert (one value per pixel).
+        picked = dist.gather(1, target.clamp(0, classes - 1)[:, None])[:, 0].float()  # [N, H, W]
+        if not log:
+            picked = picked.clamp_min(1e-12).log()
         self.total += -(picked * valid).sum().to(self.total)
         self.count += valid.sum().to(self.count)
 

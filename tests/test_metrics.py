@@ -302,4 +302,8 @@ def test_cross_entropy_meter_is_the_dataset_mean_with_void_ignored():
     keep = flat_targets < 5
     expected = torch.nn.functional.cross_entropy(flat_logits[keep], flat_targets[keep])  # mean over all valid pixels
     assert meter.compute() == pytest.approx(expected.item(), rel=1e-6)
+    from_probs = CrossEntropyMeter()  # what the evaluator passes: probabilities
+    for x, t in zip(logits, targets):
+        from_probs.update(torch.softmax(x, dim=1), t, log=False)
+    assert from_probs.compute() == pytest.approx(expected.item(), rel=1e-5)
     assert CrossEntropyMeter().compute() is None  # nothing valid: undefined, not 0

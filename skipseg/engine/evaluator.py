@@ -93,7 +93,7 @@ def evaluate_dataset(dataset, probs_fn: ProbsFn, num_classes: int, runtime: Runt
             raise SkipsegError(f"predictions of {tuple(pred.shape[-2:])} cells for masks of {tuple(target.shape[-2:])} "
                                "pixels: a model predicting grid cells is scored with its target_from_mask")
         confusion.update(pred, target)
-        cross_entropy.update(probs.float().clamp_min(1e-12).log(), target)
+        cross_entropy.update(probs, target, log=False)
         if save_pred_dir is not None:
             for label, index in zip(pred.cpu().numpy().astype(np.uint8), indices.tolist()):
                 save_label_png(save_pred_dir / f"{base.ids[index]}.png", label)
