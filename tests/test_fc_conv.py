@@ -7,7 +7,7 @@ from torch import nn
 
 from skipseg.config import TrainConfig
 from skipseg.engine.optim import build_optimizer
-from skipseg.models.fc_conv import FCConv2d, FCConvTranspose2d
+from skipseg.models.fc_conv import FCConv2d, FCConvTranspose2d, _matmul_output_size
 
 
 def _twins(fast_cls, plain_cls, cin, cout, kernel, padding):
@@ -66,8 +66,9 @@ def test_channels_last_input_gives_channels_last_output():
 
 def test_matmul_path_is_taken_on_small_maps_only():
     fast = FCConv2d(4, 4, 7, padding=3)
-    assert fast._use_matmul(torch.randn(1, 4, 8, 8))
-    assert not fast._use_matmul(torch.randn(8, 4, 16, 16))  # 2048 positions: oneDNN is as fast there
+    assert _matmul_output_size(fast, torch.randn(1, 4, 8, 8), transposed=False) == (8, 8)
+    # 2048 positions: oneDNN is as fast there
+    assert _matmul_output_size(fast, torch.randn(8, 4, 16, 16), transposed=False) is None
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])

@@ -33,60 +33,52 @@ class FCConv2d(nn.Conv2d):
     """`nn.Conv2d` (stride 1, no dilation or groups) computed as unfold + matmul on small CPU maps."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self._use_matmul(x):
+        size = _matmul_output_size(self, x, transposed=False)
+        if size is None:
             return super().forward(x)
-        n, _, h, w = x.shape
-        kh, kw = self.kernel_size
-        ph, pw = self.padding
-        oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
         cols = F.unfold(x, self.kernel_size, padding=self.padding)  # [N, C*kh*kw, oh*ow]
         out = torch.matmul(self.weight.flatten(1), cols)  # [N, O, oh*ow]
-        if self.bias is not None:
-            out = out + self.bias[:, None].to(out.dtype)
-        out = out.view(n, self.out_channels, oh, ow)  # [N, O, oh, ow]
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            out = out.contiguous(memory_format=torch.channels_last)  # keep the caller's layout
-        return out
-
-    def _use_matmul(self, x: Tensor) -> bool:
-        return _plain(self) and _small_cpu_map(x, self.kernel_size, self.padding, transposed=False)
+        return _finish(self, out.view(len(x), self.out_channels, *size), x)  # [N, O, oh, ow]
 
 
 class FCConvTranspose2d(nn.ConvTranspose2d):
     """`nn.ConvTranspose2d` (stride 1) computed as matmul + fold (col2im) on small CPU maps."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        if output_size is not None or self.output_padding != (0, 0) or not _plain(self) \
-                or not _small_cpu_map(x, self.kernel_size, self.padding, transposed=True):
+        size = None if output_size is not None or self.output_padding != (0, 0) else \
+            _matmul_output_size(self, x, transposed=True)
+        if size is None:
             return super().forward(x, output_size)
         n, c, h, w = x.shape
-        kh, kw = self.kernel_size
-        ph, pw = self.padding
-        oh, ow = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw
         # weight [C_in, C_out, kh, kw]: every input position spreads C_out*kh*kw values.
         cols = torch.matmul(self.weight.flatten(1).t(), x.reshape(n, c, h * w))  # [N, C_out*kh*kw, h*w]
-        if (h, w) == (1, 1) and (ph, pw) == (0, 0):
-            out = cols.view(n, self.out_channels, kh, kw)  # one position: the columns are the output
+        if (h, w) == (1, 1) and self.padding == (0, 0):  # one position: the columns are the output
+            out = cols.view(n, self.out_channels, *size)
         else:
-            out = F.fold(cols, (oh, ow), self.kernel_size, padding=self.padding)  # [N, C_out, oh, ow]
-        if self.bias is not None:
-            out = out + self.bias[:, None, None].to(out.dtype)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out
+            out = F.fold(cols, size, self.kernel_size, padding=self.padding)  # [N, C_out, oh, ow]
+        return _finish(self, out, x)
 
 
-def _plain(conv: nn.Conv2d | nn.ConvTranspose2d) -> bool:
-    return conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 \
-        and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-
-
-def _small_cpu_map(x: Tensor, kernel: tuple[int, int], padding: tuple[int, int], transposed: bool) -> bool:
-    """CPU, not traced, and few positions on the side the matrix product runs over."""
-    if x.device.type != "cpu" or x.dim() != 4 or _tracing():
-        return False
+def _matmul_output_size(conv: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, transposed: bool) -> tuple[int, int] | None:
+    """(oh, ow) when the matmul path applies: a plain stride-1 layer, a 4-D CPU input outside any
+    tracing, a non-empty output and few positions on the side the product runs over; else None."""
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros" \
+            or isinstance(conv.padding, str) or x.device.type != "cpu" or x.dim() != 4 or _tracing():
+        return None
     n, _, h, w = x.shape
-    if transposed:  # the product runs over the input positions
-        return h + kernel[0] - 1 - 2 * padding[0] > 0 and n * h * w <= MATMUL_MAX_POSITIONS
-    oh, ow = h + 2 * padding[0] - kernel[0] + 1, w + 2 * padding[1] - kernel[1] + 1
-    return oh > 0 and ow > 0 and n * oh * ow <= MATMUL_MAX_POSITIONS
+    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
+    if transposed:
+        oh, ow = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw
+    else:
+        oh, ow = h - kh + 1 + 2 * ph, w - kw + 1 + 2 * pw
+    positions = n * (h * w if transposed else oh * ow)  # the product runs over input / output positions
+    return (oh, ow) if oh > 0 and ow > 0 and positions <= MATMUL_MAX_POSITIONS else None
+
+
+def _finish(conv: nn.Conv2d | nn.ConvTranspose2d, out: Tensor, x: Tensor) -> Tensor:
+    """Add the bias and give the output the input's memory layout."""
+    if conv.bias is not None:
+        out = out + conv.bias[:, None, None].to(out.dtype)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)  # keep the caller's layout
+    return out
