@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bench.common import cpu_pressure, sync
 from skipseg.metrics import ConfusionMatrix
 
 
@@ -112,25 +113,15 @@ def update_rate(c: int = 21, batch: int = 8, size: int = 512, rounds: int = 30, 
         raise RuntimeError("ConfusionMatrix.update: wrong counts")
     times = []
     for _ in range(rounds):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         cm.update(p, t)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     med, best = statistics.median(times), min(times)
     return {"classes": c, "shape": [batch, size, size], "dtype": str(dtype).replace("torch.", ""),
             "device": str(device), "threads": torch.get_num_threads(), "rounds": rounds, "median_s": med,
             "best_s": best, "pixels_per_s": p.numel() / med, "pixels_per_s_best": p.numel() / best}
-
-
-def cpu_pressure() -> str | None:
-    """Linux PSI "some" line: how much of the time runnable tasks waited for a CPU (other load)."""
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

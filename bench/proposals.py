@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from bench.common import sync
 from skipseg.data.shapes import render_shapes_image
 from skipseg.data.transforms import normalize
 from skipseg.engine.runtime import Runtime
@@ -27,12 +28,11 @@ from skipseg.models import build_model
 
 
 def timed(fn: Callable[[], Any], device: torch.device = torch.device("cpu")) -> tuple[float, Any]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    """Seconds of one call (the device synchronised around it) and its result."""
+    sync(device)
     start = time.perf_counter()
     out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - start, out
 
 

@@ -4,8 +4,8 @@ Each model runs on two paths: *fp32 NCHW* (the plain baseline) and the *default 
 what `make_runtime(device, "auto", None)` picks (bf16 autocast + channels_last on CUDA and on CPUs
 with native bf16; fp32 NCHW on other CPUs, where the two paths are the same and measured once).
 A training step = forward, cross-entropy, backward, the trainer's SGD step (fused, momentum 0.9);
-inference = forward under `torch.inference_mode`. FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` during the
-(untimed) warm-up call: convolutions and matrix products, forward + backward for training
+inference = forward under `torch.inference_mode`. FLOPs are counted by
+`torch.utils.flop_counter.FlopCounterMode` during the (untimed) warm-up call: convolutions and matrix products, forward + backward for training
 (optimiser not counted), forward for inference. Achieved FLOP/s = counted FLOPs / median time.
 """
 from __future__ import annotations

@@ -80,7 +80,8 @@ def test_html_is_self_contained_with_tables_and_figures(report):
     # curves, confusion matrix, samples, score maps: 1 (separate sweep) + 2 (probe sweep: both heads)
     assert len(images) == 6 and all(im.format == "PNG" and min(im.size) > 50 for im in images)
     for text in ("fcn16s", "fcn32s (last validation, iteration 3)", "fcn16s+fcn32s:last (proposals 3, max, CRF)",
-                 "skipnet resnet18: no connection", "Table 1. mIoU", "Table 2. mIoU", "Table 2b. Validation cross-entropy", "Table 3. Comparison",
+                 "skipnet resnet18: no connection", "Table 1. mIoU", "Table 2. mIoU",
+                 "Table 2b. Validation cross-entropy", "Table 3. Comparison",
                  "IoU (%) per class", "Training curves", "Confusion matrix of the best system", "Sample predictions"):
         assert text in page, text
     assert page.count("<table>") == 2 + 2 * 4  # comparison, per class, Tables 1, 2, 2b, 3 of each sweep

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="1-based indices of the runs predicted proposal-wise (default: all); e.g. "
                             "EDeconvNet: runs/deconvnet runs/fcn8s --proposals 50 --proposal-runs 1")
     group.add_argument("--proposal-batch", type=positive_int, metavar="B",
-                       help="crops per forward pass (default: 16 on a GPU, 2 on a CPU, where larger batches are slower)")
+                       help="crops per forward pass (default: 16 on a GPU, 2 on a CPU, where larger batches "
+                            "are slower)")
     group.add_argument("--proposal-cache", help="folder caching proposals per image (default: OUT/proposals)")
     group.add_argument("--crf", action="store_true",
                        help="dense CRF on the (ensembled) probabilities, with the first run's `crf:` config "

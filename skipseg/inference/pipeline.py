@@ -74,7 +74,8 @@ def _proposal_probs(model: nn.Module, image: torch.Tensor, path: Path, runtime: 
 
     boxes = proposals(path, k=options.proposals, cache_dir=options.proposal_cache)
     batch = options.proposal_batch or default_proposal_batch(runtime.device)
-    return proposal_probs(model, image, boxes, runtime, aggregate=options.aggregate, batch_size=batch).to(runtime.device)
+    probs = proposal_probs(model, image, boxes, runtime, aggregate=options.aggregate, batch_size=batch)
+    return probs.to(runtime.device)
 
 
 def default_proposal_batch(device: torch.device) -> int:
