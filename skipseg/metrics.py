@@ -76,7 +76,10 @@ def _bin_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> t
     """
     c = num_classes
     work = _work_dtype(c)
-    t = target.clamp(-1 if target.dtype.is_signed else 0, c).to(work)
+    # The clamp's bounds must be representable in the target's own dtype (torch refuses e.g. 200 for
+    # int8); a narrow dtype whose maximum is below C holds only valid or negative labels anyway.
+    info = torch.iinfo(target.dtype)
+    t = target.clamp(max(-1, info.min), min(c, info.max)).to(work)
     if c > IGNORE_INDEX:  # 255 would be a class index here; it stays void
         t.masked_fill_(t == IGNORE_INDEX, -1)
     idx = torch.add(pred.to(work), t, alpha=c)  # in [-C, C*C + C - 1]

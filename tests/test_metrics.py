@@ -129,6 +129,25 @@ def test_255_stays_void_with_more_than_255_classes():
     assert cm.mat.nonzero().tolist() == [[127, 6]]
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("num_classes", [2, 21, 127, 128, 200, 255, 256, 300])
+def test_every_integer_dtype_against_a_plain_count(dtype, num_classes):
+    """Each target dtype, with C below, at and above its range: the same counts as a plain loop."""
+    info = torch.iinfo(dtype)
+    generator = torch.Generator().manual_seed(num_classes)
+    low, high = max(info.min, -3), min(info.max, num_classes + 3)
+    target = torch.randint(low, high + 1, (500,), generator=generator).to(dtype)
+    target[:5] = torch.tensor([low, high, 0, min(255, info.max), min(num_classes - 1, info.max)]).to(dtype)
+    pred = torch.randint(0, num_classes, (500,), generator=generator)
+    expected = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for t, p in zip(target.tolist(), pred.tolist()):
+        if 0 <= t < num_classes and t != 255:
+            expected[t, p] += 1
+    cm = ConfusionMatrix(num_classes)
+    cm.update(pred, target)
+    assert torch.equal(cm.mat, expected)
+
+
 def test_prediction_outside_range_is_an_error():
     cm = ConfusionMatrix(3)
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
