@@ -21,7 +21,7 @@ from pathlib import Path
 from skipseg.engine.checkpoint import CHECKPOINT_DIR, STAGES_FILE
 from skipseg.errors import SkipsegError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"  # packaged: the demo runs from any installed copy
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     out = Path(out)
     settings = settings or (QUICK if quick else FULL)
     if not CONFIGS.is_dir():
-        raise SkipsegError(f"{CONFIGS}: the configs folder is missing (install skipseg from its source tree: "
-                           "pip install -e .)")
+        raise SkipsegError(f"{CONFIGS}: the packaged configs folder is missing; reinstall skipseg")
     done_dir = out / ".demo"
     done_dir.mkdir(parents=True, exist_ok=True)
     write_configs(out)
