@@ -71,7 +71,8 @@ def test_sampling_crf_and_sync_bn_keys(tmp_path):
     assert cfg.crf.iterations == 4 and cfg.crf.bilateral_srgb == 5.0 and cfg.crf.gaussian_sxy == 3.0
     assert not cfg.train.sync_bn and Config().train.sync_bn and Config().data.sampling == "image"
     assert config_from_dict(config_to_dict(cfg)) == cfg
-    with pytest.raises(SkipsegError, match="run.yaml \\+ overrides: crf.bilateral_sxy: must be > 0"):
+    with pytest.raises(SkipsegError, match=r"run.yaml \+ overrides: key 'crf.bilateral_sxy' must be a finite number > 0, "
+                                           "got 0"):
         load_config(path, ["crf.bilateral_sxy=0"])
     with pytest.raises(SkipsegError, match="unknown key 'crf.sxy'; valid keys in crf: gaussian_sxy"):
         load_config(path, ["crf.sxy=1"])

@@ -44,7 +44,8 @@ def test_the_paper_sweep_expands_to_22_runs():
 @pytest.mark.parametrize("override, message", [
     ("sweep.colour=red", "unknown key 'sweep.colour'"),
     ("sweep.mode=fast", "'sweep.mode' must be separate or probe"),
-    ("sweep.kernels=[3, 4]", "odd sizes"),
+    ("sweep.kernels=[3, 4]", r"key 'sweep.kernels\[1\]' must be an odd integer >= 1, got 4"),
+    ("sweep.kernels=[]", "must list at least one odd size"),
     ("model.name=fcn8s", "must be skipnet"),
     ("sweep.compare=[{name: x}]", r"'sweep.compare\[0\]' needs a name and a run"),
     ("sweep.kernels=3", "'sweep.kernels' must be a list"),

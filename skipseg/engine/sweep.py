@@ -48,7 +48,7 @@ class CompareRun:
 class SweepSection:
     mode: str = "separate"  # separate: one training per configuration | probe: all heads in one
     taps: list[str] | None = None  # numbers, module names, "none"; null = none + every numbered tap
-    kernels: list[int] = field(default_factory=lambda: [3, 5, 7])
+    kernels: list[int] = field(default_factory=lambda: [3, 5, 7])  # numeric ranges: config.RANGES["sweep.*"]
     compare: list[CompareRun] = field(default_factory=list)
     score_map_images: list[str] | None = None  # val image ids for the score maps; null = the first few
     score_map_count: int = 3  # how many when not listed (0: no score maps)
@@ -76,8 +76,8 @@ def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> SweepConfi
         raise SkipsegError(f"{where}: key 'model.name' must be skipnet for a sweep, got {config.model.name!r}")
     if config.sweep.mode not in ("separate", "probe"):
         raise SkipsegError(f"{where}: key 'sweep.mode' must be separate or probe, got {config.sweep.mode!r}")
-    if not config.sweep.kernels or any(k < 1 or k % 2 == 0 for k in config.sweep.kernels):
-        raise SkipsegError(f"{where}: key 'sweep.kernels' must list odd sizes >= 1, got {config.sweep.kernels}")
+    if not config.sweep.kernels:  # each one's range (odd, >= 1) is checked at load (config.RANGES)
+        raise SkipsegError(f"{where}: key 'sweep.kernels' must list at least one odd size >= 1, got []")
     for i, entry in enumerate(config.sweep.compare):
         if not entry.name or not entry.run:
             raise SkipsegError(f"{where}: key 'sweep.compare[{i}]' needs a name and a run")

@@ -27,14 +27,11 @@ class CRFParams:
     min_prob: float = 1e-8
 
     def __post_init__(self) -> None:
-        for key in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb", "min_prob"):
-            if not getattr(self, key) > 0:
-                raise SkipsegError(f"crf.{key}: must be > 0, got {getattr(self, key)}")
-        for key in ("gaussian_compat", "bilateral_compat"):
-            if not getattr(self, key) >= 0:
-                raise SkipsegError(f"crf.{key}: must be >= 0, got {getattr(self, key)}")
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
-            raise SkipsegError(f"crf.iterations: must be an integer >= 0, got {self.iterations!r}")
+        # Built directly too (`--crf-params`, report samples), so it checks itself, against the
+        # config's RANGES ("crf.*"); imported here since skipseg.config imports this module.
+        from skipseg.config import check_ranges
+
+        check_ranges(self, "crf")
 
 
 def dense_crf(probs: np.ndarray, image: np.ndarray, params: CRFParams | None = None) -> np.ndarray:
