@@ -13,7 +13,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from skipseg.errors import SkipsegError
+from skipseg.engine.checkpoint import load_checkpoint, load_error, resolve_checkpoint, safe_load
+from skipseg.errors import SkipsegError, UnsafeFileError
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +86,15 @@ def imagenet_state_dict(weights_name: str, progress: bool = True) -> dict[str, T
     path = hub_cache_path(weights_name)
     cached = path.is_file()
     try:
-        return weights.get_state_dict(progress=progress)
-    except Exception as exc:  # URLError, HTTPError, OSError, a corrupt file: all end the same way
+        # torch.hub's default is weights_only=False: a file dropped into the cache could run code
+        return weights.get_state_dict(progress=progress, weights_only=True)
+    except Exception as exc:  # URLError, HTTPError, OSError, a corrupt or unsafe file: all end the same way
+        refusal = load_error(path, "weights file", exc)
+        if isinstance(refusal, UnsafeFileError):
+            raise UnsafeFileError(f"{refusal}; delete it") from None
         if cached:
-            raise SkipsegError(f"{path}: cached {weights_name} weights are unreadable ({exc}); delete it") from None
+            detail = (str(exc).strip().splitlines() or [""])[0]
+            raise SkipsegError(f"{path}: cached {weights_name} weights are unreadable ({detail}); delete it") from None
         raise SkipsegError(
             f"ImageNet weights {weights_name} are not cached at {path} and could not be downloaded "
             f"({type(exc).__name__}: {exc}); put the file {path.name} (from {weights.url}) there, "
@@ -101,10 +107,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise SkipsegError(f"{path}: weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SkipsegError(f"{path}: not a readable state_dict ({type(exc).__name__}: {exc})") from None
+    state = safe_load(path, "state_dict")
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -136,8 +139,6 @@ def init_from_checkpoint(model: nn.Module, run_or_checkpoint: str | Path) -> dic
     different shape (another width or num_classes) is an error naming it. Returns
     `{"copied", "kept", "ignored"}` key lists, also logged.
     """
-    from skipseg.engine.checkpoint import load_checkpoint, resolve_checkpoint
-
     source = resolve_checkpoint(run_or_checkpoint)
     state = {_strip_wrappers(k): v for k, v in load_checkpoint(source)["model"].items()}
     target = model.state_dict()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skipseg.errors import SkipsegError
+from skipseg.errors import SkipsegError, UnsafeFileError
 from skipseg.report.collect import System
 
 
@@ -107,6 +107,8 @@ def sample_panels(systems: Sequence[System], count: int, data: str | Path | None
             continue
         try:
             loaded = [models.get(run, system.head, system.prefer) for run in system.runs]
+        except UnsafeFileError:
+            raise  # a shared file that wants to run code stops the report, it is not a missing sample
         except SkipsegError as exc:
             notes.append(f"{system.label}: no sample predictions ({exc})")
             continue
