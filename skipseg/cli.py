@@ -14,7 +14,7 @@ from typing import Sequence
 from skipseg.errors import SkipsegError
 
 # Command modules, in the order `skipseg --help` lists them. Each defines `register(subparsers)`.
-COMMAND_MODULES = ("demo", "data", "score", "models", "train", "evaluate", "predict", "sweep", "report", "export")
+COMMAND_MODULES = ("demo", "data", "score", "models", "pretrain", "train", "evaluate", "predict", "sweep", "report", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,7 @@ class DataConfig:
     scale_max: float = 2.0
     flip: bool = True
     workers: int = 2
+    cache_mb: int = 512  # decoded training images kept in memory per loader process (0: decode every time)
     # What one training sample is (DeconvNet §4.2): image = a whole image (random scale and crop as
     # above); instances = one crop per ground-truth object, its tight box × `extend`, only that
     # object labelled (stage 1); proposals = crops of proposals (box × `extend`) whose box IoU with
@@ -88,6 +89,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_schedule: str = "poly"  # poly | step | constant
+    warmup: int = 0  # iterations of linear lr warm-up from 0 (then the schedule), as deep nets from scratch need
     poly_power: float = 0.9
     step_size: int = 1000  # iterations between decays for lr_schedule=step
     step_gamma: float = 0.1
@@ -181,6 +183,7 @@ RANGES: dict[str, Range] = {
     "data.scale_min": Range(gt=0),  # random scale factors (scale_min <= scale_max: ORDERED)
     "data.scale_max": Range(gt=0),
     "data.workers": Range(ge=0),  # 0: load in the main process
+    "data.cache_mb": Range(ge=0),  # 0: no cache
     "data.extend": Range(ge=1),  # the box grows around its object, never shrinks
     "data.min_iou": Range(gt=0, le=1),
     "data.proposals": Range(ge=1),
@@ -190,6 +193,7 @@ RANGES: dict[str, Range] = {
     "train.lr": Range(gt=0),
     "train.momentum": Range(ge=0, lt=1),  # 1 would never forget a gradient
     "train.weight_decay": Range(ge=0),
+    "train.warmup": Range(ge=0),  # 0: no warm-up
     "train.poly_power": Range(ge=0),  # 0: constant
     "train.step_size": Range(ge=1),
     "train.step_gamma": Range(gt=0, le=1),  # a decay: 1 keeps the rate, 0 would stop learning
@@ -210,6 +214,10 @@ RANGES: dict[str, Range] = {
     # sweep: SweepSection (skipseg/engine/sweep.py).
     "sweep.kernels": Range(ge=1, odd=True),  # each n of the n×n heads
     "sweep.score_map_count": Range(ge=0),  # 0: no score maps
+    # pretrain: PretrainSection (skipseg/engine/pretrain.py).
+    "pretrain.images": Range(ge=1),
+    "pretrain.val_images": Range(ge=1),
+    "pretrain.size": Range(ge=32),  # VGG16's five poolings need 32 px (Inception-v3 needs 75: its builder says so)
 }
 
 # Pairs of keys of one section whose values must be in order (low <= high).

@@ -17,13 +17,14 @@ import yaml
 
 from skipseg.cli import main
 from skipseg.config import RANGES, Config, TrainConfig, load_config
+from skipseg.engine.pretrain import PretrainConfig
 from skipseg.engine.stages import StagedConfig, has_stages, load_staged_config, stage_configs
 from skipseg.engine.sweep import SweepConfig, load_sweep_config
 from skipseg.errors import SkipsegError
 from skipseg.inference.crf import CRFParams
 
 ROOT = Path(__file__).resolve().parents[1]
-TOP_LEVEL = (Config, SweepConfig, StagedConfig)  # every class a config file is loaded into
+TOP_LEVEL = (Config, SweepConfig, StagedConfig, PretrainConfig)  # every class a config file is loaded into
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,14 @@ def test_describe_width_one_and_init_options_are_not_loaded(tmp_path) -> None:
 def test_cli_models_lists_the_registry(capsys) -> None:
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == list(skipseg.list_models())
+    assert [line.split()[0] for line in lines[::2]] == list(skipseg.list_models())
+    sets = {name: line.split("pretrained: ")[1] for name, line in zip(skipseg.list_models(), lines[1::2])}
+    assert all(value.startswith("imagenet") for value in sets.values())
+    from skipseg.models.pretrained import shipped_cards
+
+    for card in shipped_cards():  # each shipped file is offered by the models whose backbone it fits
+        label = f"shapes ({card.backbone} width {card.width:g}"
+        assert any(label in value for value in sets.values()), (label, sets)
 
 
 def test_cli_models_describe(capsys) -> None:

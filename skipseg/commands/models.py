@@ -27,10 +27,13 @@ def parse_options(items: list[str]) -> dict:
 def run_list(args: argparse.Namespace) -> int:
     from skipseg.models.registry import list_models
 
+    from skipseg.models.pretrained import accepted_sets
+
     models = list_models()
     width = max(map(len, models), default=0)
     for name, description in models.items():
         print(f"{name:<{width}}  {description}")
+        print(f"{'':<{width}}  pretrained: {', '.join(accepted_sets(name))}")
     return 0
 
 

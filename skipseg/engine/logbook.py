@@ -4,7 +4,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-COLUMNS = ("iteration", "split", "loss", "lr", "images_per_s", "pixel_acc", "mean_acc", "mean_iou", "fw_iou")
+COLUMNS = ("iteration", "split", "loss", "lr", "images_per_s", "pixel_acc", "mean_acc", "mean_iou", "fw_iou", "top1",
+           "cross_entropy")
 
 
 class Logbook:

@@ -27,12 +27,17 @@ def _fusable(params: list[torch.Tensor]) -> bool | None:
 
 
 def lr_factor(cfg: TrainConfig, total_steps: int):
-    """The multiplier of the base lr at a step: poly (1 − t/T)^p, step γ^⌊t/s⌋, or constant."""
+    """The multiplier of the base lr at a step: poly (1 − t/T)^p, step γ^⌊t/s⌋, or constant, times
+    a linear warm-up (t + 1) / W over the first `warmup` steps."""
     if cfg.lr_schedule == "poly":
-        return lambda step: max(0.0, 1.0 - step / max(1, total_steps)) ** cfg.poly_power
-    if cfg.lr_schedule == "step":
-        return lambda step: cfg.step_gamma ** (step // max(1, cfg.step_size))
-    return lambda step: 1.0
+        schedule = lambda step: max(0.0, 1.0 - step / max(1, total_steps)) ** cfg.poly_power  # noqa: E731
+    elif cfg.lr_schedule == "step":
+        schedule = lambda step: cfg.step_gamma ** (step // max(1, cfg.step_size))  # noqa: E731
+    else:
+        schedule = lambda step: 1.0  # noqa: E731
+    if not cfg.warmup:
+        return schedule
+    return lambda step: schedule(step) * min(1.0, (step + 1) / cfg.warmup)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):

@@ -39,7 +39,13 @@ StepCallback = Callable[["Trainer", int, float], None]
 
 
 class Trainer:
-    """Train `config` into `run_dir`; `resume=True` continues from `run_dir/checkpoints/last.pt`."""
+    """Train `config` into `run_dir`; `resume=True` continues from `run_dir/checkpoints/last.pt`.
+
+    Subclasses train other things with the same loop, checkpoints and resume: `build_model`,
+    `build_datasets`, `loss_sum` and `validate` (whose `score_key` entry picks `best.pt`).
+    """
+
+    score_key = "mean_iou"
 
     def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  callbacks: tuple[StepCallback, ...] = ()) -> None:
@@ -51,12 +57,10 @@ class Trainer:
         if not resume and last.exists():
             raise SkipsegError(f"{self.run_dir}: already holds a run; resume it with --resume {self.run_dir} "
                                "or choose another --out")
-        self.train_set = build_train_set(config, self.run_dir)
+        self.train_set, self.val_set = self.build_datasets()
         if len(self.train_set) < cfg.batch_size * self.runtime.world_size:
             raise SkipsegError(f"{config.data.root}: {len(self.train_set)} training samples (data.sampling="
                                f"{config.data.sampling}), fewer than one batch of {cfg.batch_size * self.runtime.world_size}")
-        self.val_set = open_dataset(config.data.val_root or config.data.root, config.data.val_split, sbd_root=config.data.sbd_root,
-                                    transforms=eval_transforms())
         if self.train_set.num_classes != config.model.num_classes:
             raise SkipsegError(f"model.num_classes: {config.model.num_classes}, but {config.data.root} has "
                                f"{self.train_set.num_classes} classes ({', '.join(self.train_set.class_names[:5])}, …)")
@@ -83,6 +87,13 @@ class Trainer:
         from skipseg.models import build_model
 
         return build_model(self.config.model.name, **model_options(self.config))
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        """(training samples with their augmentation, validation images)."""
+        data = self.config.data
+        val_set = open_dataset(data.val_root or data.root, data.val_split, sbd_root=data.sbd_root,
+                               transforms=eval_transforms())
+        return build_train_set(self.config, self.run_dir), val_set
 
     def loss_sum(self, logits, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy summed over the valid pixels (or cells) of a micro-batch."""
@@ -197,9 +208,9 @@ class Trainer:
                     window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
                 bar.update(1)
                 if self.step % cfg.val_every == 0 or self.step == self.total_steps:
-                    miou = self.validate()["mean_iou"] or 0.0
-                    if miou > self.best_miou:
-                        self.best_miou = miou
+                    score = self.validate()[self.score_key] or 0.0
+                    if score > self.best_miou:
+                        self.best_miou = score
                         self.save("best.pt")
                     self.net.train()
                 if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
@@ -227,9 +238,11 @@ def build_train_set(config: Config, run_dir: Path) -> Dataset:
         if data.balance:
             raise SkipsegError("data.balance: class balance repeats object crops; it needs data.sampling "
                                "instances or proposals")
-        return open_dataset(data.root, data.train_split, sbd_root=data.sbd_root,
-                            transforms=train_transforms(data.crop_size, _scale_range(config), flip=data.flip,
-                                                        resize=data.resize))
+        images = open_dataset(data.root, data.train_split, sbd_root=data.sbd_root,
+                              transforms=train_transforms(data.crop_size, _scale_range(config), flip=data.flip,
+                                                          resize=data.resize))
+        images.cache_bytes = data.cache_mb << 20
+        return images
     from skipseg.data.instances import InstanceCropDataset, ProposalCropDataset, balanced
 
     if data.crop_size is None:
@@ -240,6 +253,7 @@ def build_train_set(config: Config, run_dir: Path) -> Dataset:
     resize = data.resize or round(data.crop_size * 250 / 224)
     transforms = train_transforms(data.crop_size, _scale_range(config), flip=data.flip, resize=resize)
     base = open_dataset(data.root, data.train_split, sbd_root=data.sbd_root)
+    base.cache_bytes = data.cache_mb << 20
     workers = max(1, data.workers)  # threads reading the masks once
     if data.sampling == "instances":
         crops = InstanceCropDataset(base, data.extend, transforms, workers=workers)

@@ -56,6 +56,7 @@ class Backbone(nn.Module):
     feature_info: list[TapInfo]
     min_size: int = 1
     torchvision_weights: str | None = None  # e.g. "VGG16_Weights.IMAGENET1K_V1"
+    torchvision_arch: str | None = None  # the torchvision classifier whose state_dict loads here, e.g. "vgg16_bn"
     torchvision_fc: dict[str, tuple[str, int]] = {}  # conv name -> (torchvision Linear key prefix, kernel)
     torchvision_ignore: tuple[str, ...] = ()  # torchvision key prefixes with no counterpart here
 
@@ -128,6 +129,7 @@ class VGG16Backbone(StagedBackbone):
                  batch_norm: bool = False) -> None:
         super().__init__()
         self.torchvision_weights = "VGG16_BN_Weights.IMAGENET1K_V1" if batch_norm else "VGG16_Weights.IMAGENET1K_V1"
+        self.torchvision_arch = "vgg16_bn" if batch_norm else "vgg16"
         cfg = [v if v == "M" else scaled(v, width) for v in VGG16_CFG]
         self.features = make_layers(cfg, batch_norm=batch_norm)
         if original_padding:
@@ -156,6 +158,7 @@ class AlexNetBackbone(StagedBackbone):
     """
 
     torchvision_weights = "AlexNet_Weights.IMAGENET1K_V1"
+    torchvision_arch = "alexnet"
     torchvision_fc = {"fc6": ("classifier.1", 6), "fc7": ("classifier.4", 1)}
     torchvision_ignore = ("classifier.6.",)
 
@@ -200,6 +203,7 @@ class GoogLeNetBackbone(StagedBackbone):
     """
 
     torchvision_weights = "GoogLeNet_Weights.IMAGENET1K_V1"
+    torchvision_arch = "googlenet"
     torchvision_ignore = ("aux1.", "aux2.", "fc.")
 
     def __init__(self, width: float = 1.0) -> None:

@@ -54,6 +54,7 @@ class DeconvNetBackbone(StagedBackbone):
     """
 
     torchvision_weights = "VGG16_BN_Weights.IMAGENET1K_V1"
+    torchvision_arch = "vgg16_bn"
     torchvision_fc = {"fc6": ("classifier.0", 7), "fc7": ("classifier.3", 1)}
     torchvision_ignore = ("classifier.6.",)
 
@@ -187,20 +188,18 @@ class _TorchvisionPart(nn.Module):
     def __init__(self, backbone: DeconvNetBackbone) -> None:
         super().__init__()
         self.features, self.fc6, self.fc7 = backbone.features, backbone.fc6, backbone.fc7
-        self.torchvision_weights = backbone.torchvision_weights
+        self.torchvision_weights, self.torchvision_arch = backbone.torchvision_weights, backbone.torchvision_arch
         self.torchvision_fc, self.torchvision_ignore = backbone.torchvision_fc, backbone.torchvision_ignore
 
 
 @register_model("deconvnet", "DeconvNet (Noh et al. 2015): VGG16-BN encoder, unpooling/deconvolution decoder, 224x224")
 def deconvnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
               init_from: str | None = None, input_size: int = INPUT_SIZE) -> DeconvNet:
-    """`pretrained: imagenet` / `weights: FILE`: torchvision VGG16_BN weights for the convolutions
-    and fc6/fc7 (the decoder and the fc BNs keep their initial values); `init_from`: a trained model.
-    `input_size`: the square input, a multiple of 32 (fc6 is input_size/32 wide; ImageNet's fc6: 224)."""
+    """`pretrained: imagenet | shapes` / `weights: FILE`: torchvision VGG16_BN weights for the
+    convolutions and fc6/fc7 (the decoder and the fc BNs keep their initial values); `init_from`: a
+    trained model. `input_size`: the square input, a multiple of 32 (fc6 is input_size/32 wide; below
+    224 the classifier's 7x7 average pooling is folded into fc6, see `init.fc_to_conv`)."""
     check_input_size(input_size)
-    if (pretrained or weights) and init_from is None and input_size != INPUT_SIZE:
-        raise SkipsegError(f"deconvnet: ImageNet weights need input_size {INPUT_SIZE} (their fc6 is 7x7), "
-                           f"got input_size {input_size}")
     model = DeconvNet(num_classes, width, input_size)
     if init_from is not None:
         initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)

@@ -15,23 +15,42 @@ from torch import Tensor, nn
 
 from skipseg.engine.checkpoint import load_checkpoint, load_error, resolve_checkpoint, safe_load
 from skipseg.errors import SkipsegError, UnsafeFileError
+from skipseg.models.pretrained import shapes_weights
 
 logger = logging.getLogger(__name__)
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
-def fc_to_conv(weight: Tensor, kernel: int) -> Tensor:
-    """A Linear weight `[out, C*k*k]` as a conv weight `[out, C, k, k]`.
+def fc_to_conv(weight: Tensor, kernel: int, in_channels: int | None = None, source: int | None = None) -> Tensor:
+    """A Linear weight `[out, C*s*s]` (a classifier over an s×s map) as a k×k conv weight `[out, C, k, k]`.
 
     torchvision's VGG/AlexNet flatten the last feature map as (C, H, W) in `torch.flatten(x, 1)`, so
-    a plain reshape lines every input up with the same channel and position: the conv applied to a
-    k×k map (unpadded) equals the Linear layer applied to that map flattened.
+    for k = s a plain reshape lines every input up with the same channel and position: the conv
+    applied to a k×k map (unpadded) equals the Linear layer applied to that map flattened (the FCN
+    surgery). For k ≠ s (DeconvNet sized below 224 px, whose fc6 covers a smaller pool5 map) the
+    classifier saw `AdaptiveAvgPool2d(s)` of the k×k map; that pooling is linear, so it folds into
+    the kernel and the conv still computes exactly what the classifier computed at that input size.
     """
     out, n = weight.shape
-    if n % (kernel * kernel):
-        raise SkipsegError(f"a Linear layer with {n} inputs cannot become a {kernel}x{kernel} convolution")
-    return weight.reshape(out, n // (kernel * kernel), kernel, kernel)
+    source = source or kernel
+    if n % (source * source) or (in_channels is not None and n != in_channels * source * source):
+        raise SkipsegError(f"a Linear layer with {n} inputs cannot become a {kernel}x{kernel} convolution over "
+                           f"{in_channels or '?'} channels (it classifies a {source}x{source} map)")
+    full = weight.reshape(out, n // (source * source), source, source)
+    if kernel == source:
+        return full
+    pool = adaptive_pool_matrix(kernel, source)  # [s, k]; folded in fp32 whatever the file's storage
+    return torch.einsum("ocij,ia,jb->ocab", full.float(), pool, pool).contiguous()
+
+
+def adaptive_pool_matrix(size: int, out: int) -> Tensor:
+    """`[out, size]`: row i averages the input cells that `AdaptiveAvgPool` gives output cell i."""
+    matrix = torch.zeros(out, size)
+    for i in range(out):
+        start, stop = (i * size) // out, -((-(i + 1) * size) // out)
+        matrix[i, start:stop] = 1.0 / (stop - start)
+    return matrix
 
 
 def torchvision_to_backbone(backbone: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -43,8 +62,11 @@ def torchvision_to_backbone(backbone: nn.Module, state: Mapping[str, Tensor]) ->
             continue
         prefix, _, leaf = key.rpartition(".")
         if prefix in fc:
-            dst, kernel = fc[prefix]
-            tensor = fc_to_conv(tensor, kernel) if leaf == "weight" else tensor
+            dst, source = fc[prefix]
+            conv = backbone.get_submodule(dst)
+            # A Linear of another width stays as it is: `load_exactly` then names the first mismatch.
+            if leaf == "weight" and tensor.shape[1] == conv.in_channels * source * source:
+                tensor = fc_to_conv(tensor, conv.kernel_size[0], conv.in_channels, source)
             key = f"{dst}.{leaf}"
         out[key] = tensor
     return out
@@ -174,20 +196,23 @@ def initialize(
 ) -> dict[str, Any] | None:
     """Apply the common init options of every builder to `model` (with `model.backbone`).
 
-    `pretrained="imagenet"` (width 1.0 only) and `weights=FILE` load a torchvision classifier into
-    the backbone; `init_from` copies from a trained model and supersedes both (the backbone comes
+    `pretrained="imagenet"` (width 1.0 only), `pretrained="shapes"` (the shipped file of the
+    backbone's architecture and width) and `weights=FILE` load a torchvision classifier into the backbone; `init_from` copies from a trained model and supersedes both (the backbone comes
     from the checkpoint anyway).
     """
     if pretrained and weights:
-        raise SkipsegError("give either pretrained=imagenet or weights=FILE, not both")
+        raise SkipsegError(f"give either pretrained={pretrained} or weights=FILE, not both")
     if init_from is not None:
         if pretrained or weights:
             logger.info("init_from %s: not loading ImageNet weights, the checkpoint supplies the backbone", init_from)
         return init_from_checkpoint(model, init_from)
     backbone = model.backbone
-    if pretrained:
+    if pretrained == "shapes":
+        weights = shapes_weights(backbone.torchvision_arch, width)
+    elif pretrained:
         if pretrained != "imagenet":
-            raise SkipsegError(f"pretrained={pretrained!r}: the only pretrained weights are 'imagenet'")
+            raise SkipsegError(f"pretrained={pretrained!r}: expected 'imagenet' (torchvision's weights) or "
+                               "'shapes' (the shipped shape-pretrained classifiers)")
         if backbone.torchvision_weights is None:
             raise SkipsegError(f"{type(backbone).__name__} has no ImageNet weights")
         if width != 1.0:
@@ -195,7 +220,7 @@ def initialize(
         state = imagenet_state_dict(backbone.torchvision_weights)
         load_exactly(backbone, torchvision_to_backbone(backbone, state), backbone.torchvision_weights)
         logger.info("backbone initialised from %s", backbone.torchvision_weights)
-    elif weights is not None:
+    if weights is not None:
         state = read_state_dict(weights)
         load_exactly(backbone, torchvision_to_backbone(backbone, state), str(weights))
         logger.info("backbone initialised from %s", weights)

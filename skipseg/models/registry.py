@@ -50,9 +50,12 @@ def register_model(name: str, description: str) -> Callable:
 
 
 def _load() -> dict[str, ModelEntry]:
+    """Every model, in MODEL_MODULES order (whichever module some caller happened to import first)."""
     for module in MODEL_MODULES:
         importlib.import_module(module)
-    return MODELS
+    rank = {module: i for i, module in enumerate(MODEL_MODULES)}
+    order = sorted(MODELS.values(), key=lambda e: rank.get(e.builder.__module__, len(rank)))
+    return {entry.name: entry for entry in order}
 
 
 def list_models() -> dict[str, str]:
@@ -84,8 +87,8 @@ def _check_value(model: str, key: str, value: Any, default: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise bad("a number > 0")
     elif key == "pretrained":
-        if value not in (None, False, "imagenet"):
-            raise bad("'imagenet' or null")
+        if value not in (None, False, "imagenet", "shapes"):
+            raise bad("'imagenet', 'shapes' or null")
     elif key in ("weights", "init_from"):
         if value is not None and not isinstance(value, (str, Path)):
             raise bad("a file path or null")

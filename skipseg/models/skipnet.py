@@ -33,7 +33,9 @@ from torch import Tensor, nn
 
 from skipseg.data.palette import IGNORE_INDEX
 from skipseg.errors import SkipsegError
+from skipseg.models.classifiers import final_layer
 from skipseg.models.init import imagenet_state_dict, init_from_checkpoint, load_exactly, read_state_dict
+from skipseg.models.pretrained import shapes_weights
 from skipseg.models.registry import register_model
 from skipseg.models.taps import TorchvisionBackbone, build_classifier, default_weights, find_taps
 
@@ -197,21 +199,30 @@ class SkipNet(GridPredictor, nn.Module):
 
 def load_classifier_weights(classifier: nn.Module, backbone: str, pretrained: str | None,
                             weights: str | Path | None) -> None:
-    """ImageNet weights (torchvision's weights API, its hub cache) or a torchvision-format file,
-    loaded into the whole classifier before its trunk is cut out; the no-download error is init.py's."""
+    """ImageNet weights (torchvision's weights API, its hub cache), the shipped shape-pretrained file
+    (`pretrained: shapes`) or a torchvision-format file, loaded into the whole classifier before its
+    trunk is cut out; the no-download error is init.py's. The final class layer is not part of the
+    trunk: one trained for another number of classes (the 20 shape families) is left out."""
     if pretrained and weights:
-        raise SkipsegError("give either pretrained=imagenet or weights=FILE, not both")
-    if pretrained:
+        raise SkipsegError(f"give either pretrained={pretrained} or weights=FILE, not both")
+    if pretrained == "shapes":
+        weights = shapes_weights(backbone, 1.0)
+    elif pretrained:
         if pretrained != "imagenet":
-            raise SkipsegError(f"pretrained={pretrained!r}: the only pretrained weights are 'imagenet'")
+            raise SkipsegError(f"pretrained={pretrained!r}: expected 'imagenet' (torchvision's weights) or "
+                               "'shapes' (the shipped shape-pretrained classifiers)")
         source = default_weights(backbone)
         state = imagenet_state_dict(source)
-    elif weights is not None:
+    if weights is not None:
         source, state = str(weights), read_state_dict(weights)
-    else:
+    elif not pretrained:
         return
     target = classifier.state_dict()
     state = {k: v for k, v in state.items() if k in target or not k.startswith(_AUX_PREFIXES)}
+    head, _ = final_layer(classifier)
+    for key in (f"{head}.weight", f"{head}.bias"):
+        if key in state and key in target and state[key].shape != target[key].shape:
+            state[key] = target[key]  # another label space: the trunk is what transfers
     load_exactly(classifier, state, source)
     logger.info("backbone %s initialised from %s", backbone, source)
 

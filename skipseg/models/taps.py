@@ -210,7 +210,7 @@ class TorchvisionBackbone(Backbone):
         taps = list(dict.fromkeys(taps))
         geometry = tap_geometry(name, taps)
         classifier = classifier if classifier is not None else build_classifier(name)
-        self.arch = name
+        self.arch = self.torchvision_arch = name
         self.torchvision_weights = default_weights(name)
         self.body = create_feature_extractor(classifier, return_nodes={t: t for t in taps})
         self.feature_info = [TapInfo(t, c, s, (s - 1) / 2) for t, (c, s) in zip(taps, geometry)]

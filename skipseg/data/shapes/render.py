@@ -181,9 +181,11 @@ def band_radius(size: int) -> int:
     return max(1, round(size / 192))
 
 
-def render_scene(seed: int, index: int, size: int, spec: SceneSpec = SceneSpec()
+def render_scene(seed: int, index: int, size: int, spec: SceneSpec = SceneSpec(), stream: tuple[int, ...] = ()
                  ) -> tuple[Image.Image, np.ndarray, np.ndarray, int]:
-    rng = np.random.default_rng([seed, index])
+    """Scene `index` of the data with `seed`; `stream` names another family of images drawn by the
+    same renderer (the classification images of `objects.py`), () being the segmentation data."""
+    rng = np.random.default_rng([seed, index, *stream])
     img = _background(rng, size)
     # Distractors under the objects, labelled background: jagged textured blobs, then lines.
     # (Counts are drawn first and then scaled, so the default spec keeps its byte-exact images.)

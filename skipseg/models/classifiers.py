@@ -1,0 +1,61 @@
+"""Image classifiers in torchvision's own layout, the networks `skipseg pretrain` trains.
+
+Their state_dicts load exactly where torchvision's ImageNet weights load: VGG16 (with or without
+batch norm) into the FCN and DeconvNet backbones through the fc6/fc7 surgery, any torchvision
+classifier into the skip net's trunk. `width` scales every VGG channel count as the segmentation
+backbones do (`backbones.scaled`), so a width-1/8 classifier fits a width-1/8 FCN; at width 1.0
+`vgg16`/`vgg16_bn` are torchvision's networks exactly (with `num_classes` outputs).
+"""
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.vgg import VGG, make_layers
+
+from skipseg.errors import SkipsegError
+from skipseg.models.backbones import VGG16_CFG, scaled
+from skipseg.models.taps import build_classifier, classifier_names
+
+VGG_ARCHS = {"vgg16": False, "vgg16_bn": True}  # name → batch norm
+
+
+def _vgg(batch_norm: bool, width: float, num_classes: int, dropout: float) -> VGG:
+    cfg = [v if v == "M" else scaled(v, width) for v in VGG16_CFG]
+    model = VGG(make_layers(cfg, batch_norm=batch_norm), num_classes=num_classes, init_weights=True, dropout=dropout)
+    c5, cfc = scaled(512, width), scaled(4096, width)
+    model.classifier = nn.Sequential(
+        nn.Linear(c5 * 7 * 7, cfc), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(cfc, cfc), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(cfc, num_classes),
+    )
+    for layer in model.classifier:  # torchvision's VGG initialisation of the linear layers
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, 0, 0.01)
+            nn.init.zeros_(layer.bias)
+    return model
+
+
+def build_pretrain_classifier(arch: str, num_classes: int, width: float = 1.0, dropout: float = 0.0) -> nn.Module:
+    """`vgg16` / `vgg16_bn` at any width (torchvision's init: He fan-out convolutions, zero biases),
+    or any other torchvision classifier at width 1.0 with a `num_classes`-way final layer."""
+    if arch in VGG_ARCHS:
+        return _vgg(VGG_ARCHS[arch], width, num_classes, dropout)
+    if width != 1.0:
+        raise SkipsegError(f"--width {width}: only {', '.join(VGG_ARCHS)} can be narrowed; {arch} needs width 1.0")
+    model = build_classifier(arch)
+    name, layer = final_layer(model)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Linear(layer.in_features, num_classes))
+    return model
+
+
+def final_layer(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The classifier's last Linear layer (the class scores, which segmentation never uses)."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise SkipsegError(f"{type(model).__name__} has no final linear layer")
+    return linears[-1]
+
+
+def pretrain_archs() -> list[str]:
+    """Backbones `skipseg pretrain` takes: the VGGs (any width) and torchvision's other classifiers."""
+    return [*VGG_ARCHS, *(name for name in classifier_names() if name not in VGG_ARCHS)]
