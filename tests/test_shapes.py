@@ -9,7 +9,7 @@ from PIL import Image
 
 from skipseg.data import shapes
 from skipseg.data.shapes import writer
-from skipseg.data.palette import IGNORE_INDEX, VOC_CLASSES, read_label_png
+from skipseg.data.palette import IGNORE_INDEX, read_label_png
 from skipseg.data.shapes import format_summary, generate_shapes, render_shapes_image
 from skipseg.errors import SkipsegError
 
@@ -44,7 +44,8 @@ def test_layout_and_counts(dataset):
     assert lists["trainval"] == lists["train"] + lists["val"]
     assert not set(lists["train"]) & set(lists["val"])
     assert all(i.startswith("shapes_") for i in lists["trainval"])
-    assert (root / "classes.txt").read_text().split() == list(VOC_CLASSES)
+    names = (root / "classes.txt").read_text().split()
+    assert names == ["background", *shapes.SHAPE_NAMES] and names[1:4] == ["plus", "ring", "triangle"]
     for image_id in lists["trainval"]:
         with Image.open(root / "JPEGImages" / f"{image_id}.jpg") as im:
             assert im.format == "JPEG" and im.mode == "RGB" and im.size == (SIZE, SIZE)
@@ -279,7 +280,7 @@ def test_scene_spec_narrows_classes_scales_and_objects(tmp_path):
     root = tmp_path / "easy"
     summary = generate_shapes(root, train=12, val=2, size=SIZE, seed=5, spec=spec)
     assert summary["num_classes"] == 5 and summary["scene"]["classes"] == 4
-    assert (root / "classes.txt").read_text().split() == list(VOC_CLASSES[:5])
+    assert (root / "classes.txt").read_text().split() == ["background", "plus", "ring", "triangle", "semicircle"]
     assert "4 object classes" in format_summary(summary)
     for i in range(14):
         _, cls, obj, _ = render_shapes_image(5, i, SIZE, spec)

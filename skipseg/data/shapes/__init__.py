@@ -1,8 +1,8 @@
 """The embedded default dataset: procedurally generated scenes written in PASCAL VOC layout.
 
-Each of the 20 VOC object classes is a shape family (see `SHAPE_NAMES`); colour and texture are
-drawn independently of the class except for a weak, strongly overlapping hue preference, so a model
-has to look at shape. Objects range from tiny (5 % of the image side) to image-filling (90 %),
+Each of the 20 object classes is a shape family, named by its shape in `classes.txt` (`SHAPE_NAMES`:
+plus, ring, triangle, …); colour and texture are drawn independently of the class except for a weak,
+strongly overlapping hue preference, so a model has to look at shape. Objects range from tiny (5 % of the image side) to image-filling (90 %),
 1-6 per image, occluding each other over a cluttered background (gradients, blotches, stripes, lines
 and jagged distractor blobs labelled background). Masks carry a 255 band on object borders as VOC does.
 

@@ -15,11 +15,13 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from skipseg.data.palette import IGNORE_INDEX, VOC_CLASSES, label_to_image
+from skipseg.data.palette import IGNORE_INDEX, label_to_image
+from skipseg.data.shapes.geometry import SHAPE_NAMES
 from skipseg.data.shapes.render import SceneSpec, render_scene
 from skipseg.errors import SkipsegError
 
 GENERATOR_VERSION = 1
+CLASS_NAMES = ("background", *SHAPE_NAMES)  # classes.txt: class c is shape family c (SHAPE_NAMES[c - 1])
 MIN_SIZE, MAX_SIZE = 32, 4096
 META_FILE = "shapes.json"  # marks a folder as a generated dataset (safe to overwrite)
 
@@ -155,7 +157,7 @@ def generate_shapes(out: str | Path, train: int = 200, val: int = 50, size: int 
             bar.close()
 
     ids = [_image_id(i) for i in range(n)]
-    (root / "classes.txt").write_text("".join(f"{c}\n" for c in VOC_CLASSES[:num_classes]))
+    (root / "classes.txt").write_text("".join(f"{c}\n" for c in CLASS_NAMES[:num_classes]))
     _write_text_atomic(lists_dir / "train.txt", ids[:train])
     _write_text_atomic(lists_dir / "val.txt", ids[train:])
     _write_text_atomic(lists_dir / "trainval.txt", ids)
@@ -178,7 +180,7 @@ def format_summary(summary: dict) -> str:
     """A few lines for the CLI: where, how many, how fast, and how the pixels are spread."""
     frac = summary["class_pixel_fraction"]
     objects = sorted(range(1, len(frac)), key=lambda c: -frac[c])
-    rare = [VOC_CLASSES[c] for c in objects if frac[c] == 0]
+    rare = [CLASS_NAMES[c] for c in objects if frac[c] == 0]
     lines = [
         f"shapes dataset written to {summary['root']}",
         f"  images: {summary['num_train']} train + {summary['num_val']} val, "
@@ -186,7 +188,7 @@ def format_summary(summary: dict) -> str:
         f"{summary['num_classes']} classes",
         f"  objects per image: {summary['objects_per_image']:.2f}; labelled pixels: "
         f"background {frac[0]:.1%}, objects {1 - frac[0]:.1%} "
-        f"(most: {', '.join(f'{VOC_CLASSES[c]} {frac[c]:.1%}' for c in objects[:3])})",
+        f"(most: {', '.join(f'{CLASS_NAMES[c]} {frac[c]:.1%}' for c in objects[:3])})",
         *([f"  scene: {_scene_text(summary['scene'])}"] if summary.get("scene", {}) != asdict(SceneSpec()) else []),
         f"  time: {summary['seconds']:.1f} s ({summary['images_per_s']:.0f} images/s)",
     ]
