@@ -27,21 +27,21 @@ class Context:
     quick: bool
     scratch: Path
     peaks: dict[str, float] = field(default_factory=dict)  # "fp32"/"bf16" → FLOP/s (from the peak part)
-    _dataset: Path | None = None
 
     def pick(self, full: Any, quick: Any) -> Any:
         """The full-run setting, or the quick one under `--quick`."""
         return quick if self.quick else full
 
-    def dataset(self) -> Path:
-        """The generated shapes dataset (the demo's: 128 px, 300 train / 60 val), written once per run."""
-        if self._dataset is None:
-            from skipseg.data.shapes import generate_shapes
+    def dataset(self, size: int = 128, classes: int | None = None) -> Path:
+        """A generated shapes dataset (300 train / 60 val; default 128 px, all 20 classes), written once
+        per run and size."""
+        from skipseg.data.shapes import SceneSpec, generate_shapes
 
-            root = self.scratch / "shapes"
-            generate_shapes(root, train=self.pick(300, 32), val=self.pick(60, 8), size=128, seed=0)
-            self._dataset = root
-        return self._dataset
+        root = self.scratch / f"shapes_{size}_{classes or 'all'}"
+        if not root.is_dir():
+            spec = SceneSpec(classes=classes) if classes else SceneSpec()
+            generate_shapes(root, train=self.pick(300, 32), val=self.pick(60, 8), size=size, seed=0, spec=spec)
+        return root
 
 
 def make_scratch() -> tempfile.TemporaryDirectory:

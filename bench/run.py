@@ -4,7 +4,8 @@
 
 Parts (run in this order; `--only` picks some): peak (matmul fp32/bf16), steps (training step and
 inference of FCN-8s, DeconvNet, skipnet/Inception-v3), confusion, crf, loader (vs the training
-step), proposals (batched vs one crop at a time), probe (skip study: probe mode vs separate runs).
+step), loop (the trainer's images/s vs its bare step, demo models), proposals (batched vs one crop
+at a time), probe (skip study: probe mode vs separate runs).
 Writes FILE (JSON, default bench/results/latest.json; quick.json with --quick) and FILE with a .md
 suffix (the Markdown summary), both rewritten after every part so an interrupted run keeps what it
 measured. `steps` needs the peaks: asked for without `peak`, it measures them first.
@@ -23,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from bench import inference, loader, peak, study, training
+from bench import inference, loader, loop, peak, study, training
 from bench.common import ROOT, Context, contention_check, fmt, machine_info, make_scratch
 from bench.report import markdown, targets
 from skipseg.engine.runtime import resolve_device
@@ -35,6 +36,7 @@ PARTS: dict[str, Callable[[Context], dict]] = {
     "confusion": inference.run_confusion,
     "crf": inference.run_crf,
     "loader": loader.run,
+    "loop": loop.run,
     "proposals": inference.run_proposals,
     "probe": study.run,
 }

@@ -358,10 +358,23 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # the papers' and the demo's configs
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` itself, else a bare file name of the configs that ship with skipseg (so
+    `skipseg train fcn8s_voc.yaml` works from any folder); an error lists those."""
     path = Path(path)
-    if not path.is_file():
-        raise SkipsegError(f"{path}: config file not found")
+    if path.is_file():
+        return path
+    if len(path.parts) == 1 and (PACKAGED_CONFIGS / path.name).is_file():
+        return PACKAGED_CONFIGS / path.name
+    shipped = ", ".join(sorted(p.name for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise SkipsegError(f"{path}: config file not found (shipped configs, usable by name: {shipped})")
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = find_config(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -30,7 +30,7 @@ from skipseg.engine.evaluator import evaluate_model, grid_targets
 from skipseg.engine.loading import guarded_batches
 from skipseg.engine.logbook import Logbook
 from skipseg.engine.optim import build_optimizer, build_scheduler
-from skipseg.engine.runtime import Runtime, all_reduce_sum, make_runtime, sync_batchnorm
+from skipseg.engine.runtime import Runtime, all_reduce_sum, make_runtime, seed_step, sync_batchnorm
 from skipseg.engine.sampling import ResumableBatchSampler, SeededView
 from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import model_options
@@ -192,7 +192,7 @@ class Trainer:
             while self.step < self.total_steps and not self.stop_requested:
                 batches = [next(loader) for _ in range(cfg.accumulate)]
                 # After fetching: DataLoader draws its own seed from this RNG when it starts.
-                torch.manual_seed(hash((cfg.seed, self.step, self.runtime.rank)) % (2**63))
+                seed_step(hash((cfg.seed, self.step, self.runtime.rank)) % (2**63), self.runtime.device)
                 loss = self._train_step(batches)
                 self.step += 1
                 images = sum(b[0].shape[0] for b in batches) * self.runtime.world_size
