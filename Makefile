@@ -33,12 +33,12 @@ gpu-check: $(STAMP)
 	$(PY) -m bench.gpu_check --out gpu_check.json
 
 # The newest releases pyproject.toml allows (not the lock), in a separate venv; not part of CI.
-# PIP_CONSTRAINT= drops any machine-wide pip constraint file that would cap torch.
+# PIP_CONSTRAINT=/dev/null replaces any machine-wide pip constraint file that would cap torch.
 LATEST := .venv-latest
 test-latest:
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
-	PIP_CONSTRAINT= $(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	PIP_CONSTRAINT= $(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	PIP_CONSTRAINT=/dev/null $(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	PIP_CONSTRAINT=/dev/null $(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
 	$(LATEST)/bin/python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	$(LATEST)/bin/python -m pytest -q
 

@@ -4,24 +4,29 @@ The demo is a list of ordinary `skipseg` command lines run one after another in 
 (printed as they start, so each can be re-run or changed by hand). A step that finished is recorded
 in OUT/.demo/ and skipped when the demo is started again; an interrupted training resumes.
 
-CPU-sized choices (all in `DemoSettings`, stated in the printed plan): the generated data is an
-easier variant of the default (fewer classes, larger objects, less clutter, small images) because
-every network starts from random weights here and has about a minute of two CPU cores to learn.
-The skip study trains Inception-v3 once without a skip, then probes all taps × n on that frozen
-backbone in one pass (`sweep.mode: probe`): the paper trains 22 networks, which a CPU cannot.
+As every paper fine-tunes an ImageNet classifier, every network here starts from the shipped
+shape-pretrained classifiers (`pretrained: shapes`, made by `skipseg pretrain`): VGG16-BN at width
+1/8 for FCN and DeconvNet, Inception-v3 for the skip study. CPU-sized choices (all in
+`DemoSettings`): the generated data is an easier variant of the default (6 of the 20 classes,
+larger objects, less clutter, 64-px images), and the skip study trains Inception-v3 once without a
+skip, then probes all taps × n on that frozen backbone in one pass (`sweep.mode: probe`): the paper
+trains 22 networks, which a CPU cannot.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from skipseg.config import PACKAGED_CONFIGS
 from skipseg.engine.checkpoint import CHECKPOINT_DIR, STAGES_FILE
 from skipseg.errors import SkipsegError
 
-CONFIGS = Path(__file__).resolve().parent / "configs"  # packaged: the demo runs from any installed copy
+CONFIGS = PACKAGED_CONFIGS  # inside the package: the demo runs from any installed copy
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,12 @@ class DemoSettings:
                                                  "clutter": 0.5})
 
 
-FULL = DemoSettings(train_images=600, val_images=60, size=64, classes=6, fcn_iterations=(600, 300, 300),
-                    deconv_iterations=(250, 250), skip_iterations=(150, 100), skip_input=95, skip_grid=9,
+FULL = DemoSettings(train_images=1000, val_images=60, size=64, classes=6, fcn_iterations=(1000, 1000, 3000),
+                    deconv_iterations=(500, 1000), skip_iterations=(150, 100), skip_input=95, skip_grid=9,
                     proposals=50, proposal_images=60)
-QUICK = DemoSettings(train_images=96, val_images=16, size=64, classes=6, fcn_iterations=(40, 20, 20),
-                     deconv_iterations=(20, 20), skip_iterations=(20, 10), skip_input=79, skip_grid=9,
-                     proposals=10, proposal_images=16)
+QUICK = DemoSettings(train_images=200, val_images=20, size=64, classes=6, fcn_iterations=(100, 100, 200),
+                     deconv_iterations=(50, 50), skip_iterations=(20, 20), skip_input=79, skip_grid=9,
+                     proposals=10, proposal_images=20)
 
 
 TRAINED = ("fcn32s", "fcn16s", "fcn8s", "deconvnet")  # each evaluated whole-image into RUN/eval
@@ -71,10 +76,10 @@ class Step:
     argv: list[str]
 
 
-def plan(out: Path, settings: DemoSettings) -> list[Step]:
-    """The demo's commands, in order."""
+def plan(out: Path, settings: DemoSettings, seed: int = 0) -> list[Step]:
+    """The demo's commands, in order; `seed` seeds the generated data and every training."""
     s, data, runs, evals = settings, out / "data", out / "runs", out / "eval"
-    common = [f"data.root={data}", f"model.num_classes={s.classes + 1}", "data.workers=1"]
+    common = [f"data.root={data}", f"model.num_classes={s.classes + 1}", f"train.seed={seed}"]
     fcn_crop = [f"data.crop_size={s.size}"]
 
     def train(name: str, config: Path, its: int | None, *extra: str) -> Step:
@@ -95,7 +100,7 @@ def plan(out: Path, settings: DemoSettings) -> list[Step]:
                      "--max-images", str(s.proposal_images)]
     return [
         Step("data", "generate the data", ["data", "shapes", str(data), "--train", str(s.train_images),
-                                           "--val", str(s.val_images), "--size", str(s.size),
+                                           "--val", str(s.val_images), "--size", str(s.size), "--seed", str(seed),
                                            "--classes", str(s.classes), *scene]),
         train("fcn32s", CONFIGS / "fcn32s_shapes.yaml", s.fcn_iterations[0], *fcn_crop),
         train("fcn16s", CONFIGS / "fcn16s_shapes.yaml", s.fcn_iterations[1], *fcn_crop, f"model.init_from={runs / 'fcn32s'}"),
@@ -135,6 +140,20 @@ def write_configs(out: Path) -> None:
     (out / "configs" / "skip_backbone.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
 
 
+def _check_same_demo(done_dir: Path, identity: dict) -> None:
+    """OUT/.demo/demo.json records what the folder is a demo of; resuming it with other settings
+    would mix two demos in one report."""
+    marker = done_dir / "demo.json"
+    identity = json.loads(json.dumps(identity))  # tuples as JSON gives them back: lists
+    if marker.is_file():
+        earlier = json.loads(marker.read_text())
+        if earlier != identity:
+            raise SkipsegError(f"{done_dir.parent}: holds a demo with seed {earlier.get('seed')} and other settings; "
+                               f"use another --out (or delete it) for seed {identity['seed']}")
+    else:
+        marker.write_text(json.dumps(identity, indent=2) + "\n")
+
+
 def _resumable(step: Step) -> list[str]:
     """A training step whose run folder already holds a checkpoint continues it instead."""
     if step.argv[0] == "train":
@@ -144,8 +163,9 @@ def _resumable(step: Step) -> list[str]:
     return step.argv
 
 
-def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None = None) -> Path:
-    """Run every step not yet done (`settings` default: FULL, or QUICK); returns the report's path."""
+def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None = None, seed: int = 0) -> Path:
+    """Run every step not yet done (`settings` default: FULL, or QUICK) with `seed`; returns the
+    report's path. A folder made with another seed or settings is refused, not mixed."""
     from skipseg.cli import main
 
     out = Path(out)
@@ -155,7 +175,8 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     done_dir = out / ".demo"
     done_dir.mkdir(parents=True, exist_ok=True)
     write_configs(out)
-    steps = plan(out, settings)
+    _check_same_demo(done_dir, {"seed": seed, "settings": dataclasses.asdict(settings)})
+    steps = plan(out, settings, seed)
     start = time.perf_counter()
     for number, step in enumerate(steps, start=1):
         marker = done_dir / f"{step.name}.done"

@@ -45,3 +45,13 @@ def test_the_lock_pins_every_package_exactly():
     assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[^\s;]+", line) for line in pins), pins
     names = {line.split("==")[0].lower() for line in pins}
     assert {"torch", "torchvision", "numpy", "pytest", "setuptools"} <= names
+
+
+def test_shipped_configs_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    from skipseg.config import load_config
+    from skipseg.errors import SkipsegError
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("fcn8s_voc.yaml").model.name == "fcn8s"
+    with pytest.raises(SkipsegError, match=r"fcn9s\.yaml: config file not found \(shipped configs.*fcn8s_voc\.yaml"):
+        load_config("fcn9s.yaml")

@@ -12,12 +12,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "starts. Started again, it skips the steps already done.")
     parser.add_argument("--out", default="demo", help="output folder (default: demo/)")
     parser.add_argument("--quick", action="store_true", help="a much smaller run (about 2 minutes)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the generated data and every training (default 0)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from skipseg.demo import run_demo
 
-    report = run_demo(Path(args.out), quick=args.quick)  # its last step prints the headline table
+    report = run_demo(Path(args.out), quick=args.quick, seed=args.seed)  # its last step prints the headline table
     print(f"\nreport: {report}\n        {report.with_suffix('.md')}")
     return 0
