@@ -48,7 +48,7 @@ class DemoSettings:
                                                  "clutter": 0.5})
 
 
-FULL = DemoSettings(train_images=1000, val_images=60, size=64, classes=6, fcn_iterations=(1000, 1000, 3000),
+FULL = DemoSettings(train_images=1000, val_images=60, size=64, classes=6, fcn_iterations=(1000, 2000, 6000),
                     deconv_iterations=(500, 1000), skip_iterations=(150, 100), skip_input=95, skip_grid=9,
                     proposals=50, proposal_images=60)
 QUICK = DemoSettings(train_images=200, val_images=20, size=64, classes=6, fcn_iterations=(100, 100, 200),
