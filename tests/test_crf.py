@@ -52,3 +52,30 @@ def test_crf_errors() -> None:
         CRFParams(bilateral_srgb=0)
     with pytest.raises(SkipsegError, match="crf.iterations"):
         CRFParams(iterations=2.5)
+
+
+def _direct_pydensecrf(probs: np.ndarray, image: np.ndarray, p: CRFParams) -> np.ndarray:
+    """The dense CRF written straight against pydensecrf, independent of the wrapper."""
+    import pydensecrf.densecrf as dcrf
+
+    c, h, w = probs.shape
+    crf = dcrf.DenseCRF2D(w, h, c)
+    crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(probs, p.min_prob, 1.0)).reshape(c, -1), np.float32))
+    crf.addPairwiseGaussian(sxy=p.gaussian_sxy, compat=p.gaussian_compat)
+    crf.addPairwiseBilateral(sxy=p.bilateral_sxy, srgb=p.bilateral_srgb, rgbim=np.ascontiguousarray(image),
+                             compat=p.bilateral_compat)
+    return np.asarray(crf.inference(p.iterations), np.float32).reshape(c, h, w)
+
+
+def test_crf_equals_a_direct_pydensecrf_call_with_non_default_parameters() -> None:
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(4, 13, 17)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(0, keepdims=True)
+    image = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    params = CRFParams(gaussian_sxy=2.0, gaussian_compat=4.0, bilateral_sxy=11.0, bilateral_srgb=7.0,
+                       bilateral_compat=6.0, iterations=3, min_prob=1e-6)
+    ours = dense_crf(probs, image, params)
+    assert np.allclose(ours, _direct_pydensecrf(probs, image, params), atol=1e-6)
+    swapped = CRFParams(gaussian_sxy=11.0, gaussian_compat=6.0, bilateral_sxy=2.0, bilateral_srgb=7.0,
+                        bilateral_compat=4.0, iterations=3, min_prob=1e-6)
+    assert not np.allclose(ours, _direct_pydensecrf(probs, image, swapped), atol=1e-3)  # the test sees a swap
