@@ -8,6 +8,7 @@ loop over images/s of the bare step is what the loop keeps of the step's speed (
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -60,8 +61,6 @@ def bare_rate(trainer: Trainer, repeats: tuple[int, int, float]) -> dict[str, An
 
 
 def loop_rate(config, run_dir, iterations: int) -> dict[str, Any]:
-    import dataclasses
-
     train = dataclasses.replace(config.train, iterations=iterations, val_every=10**9, checkpoint_every=10**9,
                                 lr_schedule="constant")
     trainer = Trainer(dataclasses.replace(config, train=train), run_dir, progress=True)

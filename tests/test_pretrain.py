@@ -89,7 +89,6 @@ def test_pretrained_shapes_finds_the_shipped_file_by_architecture_and_width(vgg_
     for suffix in (".pt", ".json"):
         shutil.copy(vgg_file.with_suffix(suffix), folder / f"shapes_vgg16_bn{suffix}")
     monkeypatch.setattr(shipped, "SHIPPED_DIR", folder)
-    monkeypatch.setattr(shipped.shapes_weights, "__defaults__", (folder,))
     state = torch.load(vgg_file, weights_only=True)
     model = build_model("fcn32s", num_classes=3, width=1 / 16, batch_norm=True, pretrained="shapes")
     assert torch.equal(model.backbone.features[0].weight, state["features.0.weight"].float())

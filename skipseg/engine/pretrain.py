@@ -117,7 +117,8 @@ def pretrain(arch: str, out: str | Path, *, width: float = 1.0, size: int = 64, 
              seed: int = 0, images: int = 50_000, overrides: list[str] = (), run_dir: str | Path | None = None,
              resume: bool = False, progress: bool = True) -> dict:
     """Train `arch`'s classifier on the generated object images; write `out` (fp16 state_dict in
-    torchvision's layout) and `out.json` (the card). Returns the card; None-free unless stopped."""
+    torchvision's layout) and `out.json` (the card); returns the card. A stopped run is an error
+    that says how to resume it (nothing is written)."""
     out = Path(out)
     if out.suffix != ".pt":
         raise SkipsegError(f"--out {out}: the weights file must end in .pt (its card is written beside it as .json)")

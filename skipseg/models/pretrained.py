@@ -49,8 +49,9 @@ def read_card(path: str | Path) -> Card:
         raise SkipsegError(f"{card_file}: not a readable pretraining card ({type(exc).__name__}: {exc})") from None
 
 
-def shipped_cards(folder: Path = SHIPPED_DIR) -> list[Card]:
-    """Every card in the shipped folder, sorted by backbone and width."""
+def shipped_cards(folder: Path | None = None) -> list[Card]:
+    """Every card in `folder` (default: the shipped one), sorted by backbone and width."""
+    folder = folder or SHIPPED_DIR
     cards = [read_card(p) for p in sorted(folder.glob(f"*{CARD_SUFFIX}"))] if folder.is_dir() else []
     return sorted(cards, key=lambda c: (c.backbone, c.width))
 
@@ -67,7 +68,7 @@ def describe(cards: list[Card]) -> str:
     return ", ".join(f"{c.backbone} width {c.width:g}" for c in cards) or "none"
 
 
-def shapes_weights(backbone: str, width: float, folder: Path = SHIPPED_DIR) -> Path:
+def shapes_weights(backbone: str, width: float, folder: Path | None = None) -> Path:
     """The shipped file for `backbone` (a torchvision architecture, e.g. vgg16_bn) at `width`,
     checked against its card's sha256; a clear error listing the shipped ones when none matches."""
     cards = shipped_cards(folder)
@@ -81,12 +82,6 @@ def shapes_weights(backbone: str, width: float, folder: Path = SHIPPED_DIR) -> P
     raise SkipsegError(f"pretrained=shapes: no shape-pretrained {backbone} at width {width:g} ships with skipseg "
                        f"(shipped: {describe(cards)}); make one with `skipseg pretrain {backbone} --width {width:g} "
                        f"--out FILE` and pass weights=FILE")
-
-
-def accepted_pretrained(backbone: str, width: float | None = None, folder: Path = SHIPPED_DIR) -> list[str]:
-    """The shipped widths for `backbone`, as `shapes (width W)` labels (for `skipseg models`)."""
-    return [f"shapes (width {c.width:g})" for c in shipped_cards(folder)
-            if c.backbone == backbone and (width is None or c.width == width)]
 
 
 def accepted_sets(model_name: str) -> list[str]:
