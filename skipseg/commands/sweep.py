@@ -1,4 +1,5 @@
-"""`skipseg sweep CONFIG.yaml --out DIR [--jobs K] [--shard i/N]` and `skipseg sweep --collect DIR ...`."""
+"""`skipseg sweep CONFIG.yaml --out DIR [--jobs K] [--shard i/N] [--launcher slurm|local ...]` and
+`skipseg sweep --collect DIR ...`."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-report", action="store_true", help="do not write the report after running")
     parser.add_argument("--no-score-maps", action="store_true", help="tables only")
     parser.add_argument("--only", metavar="NAME", help=argparse.SUPPRESS)  # one run; what --jobs spawns
+    launch = parser.add_argument_group(
+        "launcher", "run the unfinished runs as submitit jobs: slurm submits one job array (one task per "
+        "run) and returns (collect with --collect DIR, or give --wait); local runs them as --jobs K local "
+        "processes. Task logs: DIR/launcher/")
+    launch.add_argument("--launcher", choices=["slurm", "local"], help="submit through submitit")
+    launch.add_argument("--partition", help="slurm: partition")
+    launch.add_argument("--gpus-per-job", type=int, metavar="G", help="GPUs per task (slurm default 1; "
+                        "local default: the launcher's own, shared; local G > 0: each of the --jobs slots its own G)")
+    launch.add_argument("--cpus-per-job", type=int, metavar="C", help="CPUs per task (also its OMP_NUM_THREADS)")
+    launch.add_argument("--time", type=int, metavar="MIN", help="time limit per task in minutes (slurm default "
+                        "1440; local default none)")
+    launch.add_argument("--array-parallelism", type=int, metavar="K", help="slurm: tasks of the array running "
+                        "at once (default all)")
+    launch.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other submitit slurm parameter, e.g. account=proj, qos=high, mem=64G (repeatable)")
+    launch.add_argument("--wait", action="store_true", help="slurm: wait for the array, then write the report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -31,8 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _report(dirs: list[str], out: str | None, score_maps: bool = True) -> None:
     from skipseg.report.tables import collect
 
+    from skipseg.engine.launch import known_logs
+
     result = collect(dirs, out, score_maps=score_maps)
     print((result["report"] / "table1.md").read_text())
+    logs = {name: entry for d in reversed(dirs) for name, entry in known_logs(d).items()}
+    for name in result["missing"]:  # submitted through a launcher: where its task's log is
+        if name in logs:
+            print(f"missing {name}: {logs[name]['launcher']} job {logs[name]['job_id']}, log {logs[name]['stderr']}")
     print(f"{len(result['found'])} configurations, {len(result['missing'])} missing; "
           f"training {result['train_seconds']:.1f} s wall, {result['train_cpu_seconds']:.1f} s CPU; "
           f"report → {result['report']}")
@@ -49,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise SkipsegError("sweep needs a CONFIG.yaml and --out DIR (or --collect DIR ...)")
     if args.jobs < 1:
         raise SkipsegError(f"--jobs {args.jobs}: expected 1 or more")
+    options = _launch_options(args)
     config = sweep.load_sweep_config(args.config, list(args.overrides))
     out, progress = Path(args.out), not args.no_progress
     if args.only:
@@ -70,7 +94,18 @@ def run(args: argparse.Namespace) -> int:
     left = [n for n in names if not sweep.is_complete(out / "runs" / n)]
     print(f"sweep {out}: {len(plan)} configurations, {mode} mode; this shard {index}/{count}: "
           f"{len(names)} run(s), {len(names) - len(left)} already complete")
-    if mode == "probe" and left:
+    if options is not None and left:
+        from skipseg.engine import launch
+
+        if options.launcher == "local":
+            launch.run_local(out, left, mode, options)
+        else:
+            job_id = launch.submit_slurm(out, left, mode, options)
+            if not options.wait:
+                print(f"submitted SLURM job array {job_id}: {len(left)} task(s), logs {out / launch.FOLDER}/; "
+                      f"when it has finished: skipseg sweep --collect {out}")
+                return 0
+    elif mode == "probe" and left:
         if sweep.run_probe(config, plan, out, progress) is None:
             print("stopped; run the same command again to continue")
             return 130
@@ -94,3 +129,36 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"this shard is done; when every shard is: skipseg sweep --collect {out}")
     return 0
+
+
+def _launch_options(args: argparse.Namespace):
+    """The launcher's options (checked), or None without --launcher (then its options are errors)."""
+    from skipseg.engine.launch import LaunchOptions
+    from skipseg.errors import SkipsegError
+
+    only_with = {"--partition": args.partition, "--gpus-per-job": args.gpus_per_job, "--cpus-per-job":
+                 args.cpus_per_job, "--time": args.time, "--array-parallelism": args.array_parallelism,
+                 "--slurm-option": args.slurm_option or None, "--wait": args.wait or None}
+    if args.launcher is None:
+        given = [flag for flag, value in only_with.items() if value is not None]
+        if given:
+            raise SkipsegError(f"{given[0]}: needs --launcher slurm or --launcher local")
+        return None
+    if args.only:
+        raise SkipsegError("--only: not with --launcher")
+    slurm_options = {}
+    for item in args.slurm_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SkipsegError(f"--slurm-option {item}: expected KEY=VALUE, e.g. account=myproject")
+        slurm_options[key.strip().replace("-", "_")] = _scalar(value.strip())
+    options = LaunchOptions(args.launcher, jobs=args.jobs, partition=args.partition, gpus_per_job=args.gpus_per_job,
+                            cpus_per_job=args.cpus_per_job, time_min=args.time,
+                            array_parallelism=args.array_parallelism, slurm_options=slurm_options, wait=args.wait)
+    options.check()
+    return options
+
+
+def _scalar(text: str):
+    """'4' → 4, anything else as given (submitit's slurm parameters are ints or strings)."""
+    return int(text) if text.lstrip("-").isdigit() else text
