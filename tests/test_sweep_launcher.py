@@ -145,3 +145,17 @@ def test_a_task_runs_its_command_with_its_environment(tmp_path, monkeypatch):
     assert json.loads(seen.read_text()) == ["1", None]
     probe = launch.tasks(tmp_path, ["probe"], "probe", {})  # probe mode: the one run, as one task
     assert probe[0].command[-2:] == ["--no-progress", "--no-report"] and "--only" not in probe[0].command
+
+
+def test_failures_say_why(tmp_path):
+    from types import SimpleNamespace
+
+    def job(text: str | None) -> SimpleNamespace:
+        return SimpleNamespace(exception=lambda: text and RuntimeError(text), paths=SimpleNamespace(stderr="L"))
+
+    (tmp_path / "runs" / "done").mkdir(parents=True)
+    (tmp_path / "runs" / "done" / "metrics.json").write_text("{}")
+    jobs = {"done": job(None), "a": job("... exited with code 1"), "b": job("Job not requeued because: timed-out "
+            "and not checkpointable."), "c": job("has not produced any output")}
+    assert launch._failures(tmp_path, jobs) == ["a (exit code 1, log L)", "b (stopped at its time limit, log L)",
+                                                 "c (no result, log L)"]

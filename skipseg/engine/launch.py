@@ -146,7 +146,12 @@ def _failures(out: Path, jobs: dict[str, Any]) -> list[str]:
             continue
         error = job.exception()  # waits for the job; its text holds the task's traceback
         code = re.search(r"exited with code (-?\d+)", str(error or ""))
-        why = f"exit code {code.group(1)}" if code else "no result"
+        if code:
+            why = f"exit code {code.group(1)}"
+        elif "timed-out" in str(error):  # submitit's time-limit warning: the run saved last.pt and stopped
+            why = "stopped at its time limit"
+        else:
+            why = "no result"
         failed.append(f"{name} ({why}, log {job.paths.stderr})")
     return failed
 
