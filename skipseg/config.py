@@ -88,6 +88,8 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd | adam
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    bias_lr_mult: float = 1.0  # biases learn at lr x this (the FCN reference solver: 2, Caffe's lr_mult)
+    bias_decay: float = 1.0  # biases decay at weight_decay x this (the FCN reference: 0, Caffe's decay_mult)
     lr_schedule: str = "poly"  # poly | step | constant
     warmup: int = 0  # iterations of linear lr warm-up from 0 (then the schedule), as deep nets from scratch need
     poly_power: float = 0.9
@@ -193,6 +195,8 @@ RANGES: dict[str, Range] = {
     "train.lr": Range(gt=0),
     "train.momentum": Range(ge=0, lt=1),  # 1 would never forget a gradient
     "train.weight_decay": Range(ge=0),
+    "train.bias_lr_mult": Range(ge=0),  # 0 keeps the biases as initialised
+    "train.bias_decay": Range(ge=0),  # 0: no weight decay on biases
     "train.warmup": Range(ge=0),  # 0: no warm-up
     "train.poly_power": Range(ge=0),  # 0: constant
     "train.step_size": Range(ge=1),

@@ -7,15 +7,31 @@ from torch import nn
 from skipseg.config import TrainConfig
 
 
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The trainable parameters as optimiser groups: one group, or, with `bias_lr_mult` / `bias_decay`
+    other than 1, the weights and then the biases (every parameter named `*.bias`) at lr x
+    bias_lr_mult and weight decay x bias_decay, as Caffe's per-blob `lr_mult` / `decay_mult`."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if cfg.bias_lr_mult == 1.0 and cfg.bias_decay == 1.0:
+        return [{"params": [p for _, p in named], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    is_bias = [name == "bias" or name.endswith(".bias") for name, _ in named]
+    weights = [p for (_, p), bias in zip(named, is_bias) if not bias]
+    biases = [p for (_, p), bias in zip(named, is_bias) if bias]
+    groups = [{"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+              {"params": biases, "lr": cfg.lr * cfg.bias_lr_mult, "weight_decay": cfg.weight_decay * cfg.bias_decay}]
+    return [group for group in groups if group["params"]]
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay) or Adam over the trainable parameters, fused where possible."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD (momentum, weight decay) or Adam over the trainable parameters, fused where possible;
+    `parameter_groups` gives biases their own lr and decay multipliers."""
+    groups = parameter_groups(model, cfg)
     # The fused kernels update every tensor in one pass: on 2 CPU cores 7x faster for SGD and 10x for
     # Adam over FCN-8s's 134 M parameters (0.50 -> 0.07 s, 1.09 -> 0.11 s per step), same update rule.
-    fused = _fusable(params)
+    fused = _fusable([p for group in groups for p in group["params"]])
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def _fusable(params: list[torch.Tensor]) -> bool | None:
