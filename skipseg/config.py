@@ -171,7 +171,7 @@ def _rule_key(key: str) -> str:
 # Every numeric key of every section (a list[int] key: each item), keyed like CHOICES (list
 # positions dropped: `sweep.kernels[2]` → `sweep.kernels`); None stays allowed where the annotation
 # allows it. tests/test_config_ranges.py fails for a numeric field missing here. Model-specific
-# limits stay with the builders (deconvnet: input_size a multiple of 32; skipnet: width 1.0).
+# limits stay with the builders (deconvnet: input_size a multiple of 32; skipnet: width 1.0 except on VGG16).
 RANGES: dict[str, Range] = {
     "model.num_classes": Range(ge=1),
     "model.width": Range(gt=0),  # channel multiplier

@@ -83,6 +83,20 @@ def test_inception_pretraining_loads_into_the_skip_net_trunk(tmp_path):
     assert not model.head.score_top.weight.any()  # the score layer keeps its zero initialisation
 
 
+def test_skip_net_on_a_narrow_vgg_loads_the_pretrained_trunk_at_its_width(vgg_file):
+    state = torch.load(vgg_file, weights_only=True)
+    model = build_model("skipnet", num_classes=4, backbone="vgg16_bn", width=1 / 16, grid=4, head_channels=8,
+                        tap=4, weights=str(vgg_file))
+    trunk = dict(model.backbone.body.named_parameters())
+    assert torch.equal(trunk["features.30.weight"], state["features.30.weight"].float())
+    # the numbered taps are the last ReLU before each pooling, at the narrowed channel counts
+    assert [(t.name, t.channels, t.stride) for t in model.backbone.feature_info] == [
+        ("features.5", 4, 1), ("features.12", 8, 2), ("features.22", 16, 4), ("features.32", 32, 8),
+        ("features.42", 32, 16), ("features.43", 32, 32)]
+    assert model.tap == "features.32" and not model.head.score_tap.weight.any()
+    assert model(torch.randn(2, 3, 45, 61)).shape == (2, 4, 4, 4)
+
+
 def test_pretrained_shapes_finds_the_shipped_file_by_architecture_and_width(vgg_file, tmp_path, monkeypatch):
     folder = tmp_path / "weights"
     folder.mkdir()
@@ -105,7 +119,8 @@ def test_every_shipped_file_matches_its_card_and_its_model():
         assert sha256(card.path) == card.sha256, card.path
         assert read_card(card.path).command.startswith(f"skipseg pretrain {card.backbone} ")
         if card.backbone == "vgg16_bn":
-            for name, extra in (("fcn8s", {"batch_norm": True}), ("deconvnet", {"input_size": 64})):
+            for name, extra in (("fcn8s", {"batch_norm": True}), ("deconvnet", {"input_size": 64}),
+                                ("skipnet", {"backbone": "vgg16_bn", "grid": 8})):
                 build_model(name, num_classes=7, width=card.width, pretrained="shapes", **extra)
         else:
             build_model("skipnet", num_classes=7, backbone=card.backbone, grid=9, pretrained="shapes")

@@ -51,11 +51,11 @@ def run_taps(args: argparse.Namespace) -> int:
     from skipseg.models.taps import find_taps, format_taps
 
     size = tuple(args.size) if args.size else None
-    taps = find_taps(args.backbone, size)
+    taps = find_taps(args.backbone, size, args.width)
     if args.stages:
         taps = [t for t in taps if t.stage_end]
     if args.json:
-        print(json.dumps({"backbone": args.backbone, "size": size, "taps": [asdict(t) for t in taps]}, indent=2))
+        print(json.dumps({"backbone": args.backbone, "width": args.width, "size": size, "taps": [asdict(t) for t in taps]}, indent=2))
     else:
         print(format_taps(args.backbone, taps, size))
     return 0
@@ -89,6 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     taps.add_argument("backbone", help="torchvision classifier name, e.g. inception_v3, resnet50, convnext_tiny")
     taps.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="also show each tap's shape at this input size")
+    taps.add_argument("--width", type=float, default=1.0,
+                      help="channel multiplier (vgg16 and vgg16_bn only, as model.width; default 1.0)")
     taps.add_argument("--stages", action="store_true", help="only the last tap at each stride")
     taps.add_argument("--json", action="store_true", help="print JSON")
     taps.set_defaults(func=run_taps)

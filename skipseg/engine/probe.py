@@ -210,7 +210,7 @@ def build_probe(config: Config, heads: Sequence[HeadSpec], with_init: bool = Tru
     from skipseg.models.skipnet import resolve_taps
 
     options = {**builder_defaults("skipnet"), **model_options(config, with_init=with_init)}
-    names, top = resolve_taps(options["backbone"], options["tap_names"], options["top"])
+    names, top = resolve_taps(options["backbone"], options["tap_names"], options["top"], options["width"])
     needed = list(dict.fromkeys([*names, *(h.tap for h in heads if h.tap)]))
     options.update(tap=None, tap_names=needed, top=top, freeze_backbone=True)
     if with_init and not any(options.get(k) for k in ("pretrained", "weights", "init_from")):

@@ -90,7 +90,7 @@ def tap_list(config: Config) -> tuple[list[str], str]:
     from skipseg.models.skipnet import resolve_taps
 
     backbone = config.model.backbone or builder_defaults("skipnet")["backbone"]
-    return resolve_taps(backbone, config.model.tap_names, config.model.top)
+    return resolve_taps(backbone, config.model.tap_names, config.model.top, config.model.width)
 
 
 def expand(config: SweepConfig) -> list[PlannedRun]:

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 from torchvision.models.googlenet import BasicConv2d, Inception
-from torchvision.models.vgg import make_layers
+from torchvision.models.vgg import VGG, make_layers
 
 from skipseg.errors import SkipsegError
 from skipseg.models.fc_conv import FCConv2d
@@ -110,6 +110,25 @@ def _fc_block(cin: int, cout: int, kernel: int, padding: int,
 
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16_classifier(batch_norm: bool, width: float = 1.0, num_classes: int = 1000, dropout: float = 0.5) -> VGG:
+    """torchvision's `vgg16` / `vgg16_bn` classifier with every channel count scaled by `width`
+    (its layout and initialisation: He fan-out convolutions, N(0, 0.01) linear layers, zero biases),
+    so that its state_dict loads into the width-`width` segmentation backbones."""
+    cfg = [v if v == "M" else scaled(v, width) for v in VGG16_CFG]
+    model = VGG(make_layers(cfg, batch_norm=batch_norm), num_classes=num_classes, init_weights=True, dropout=dropout)
+    c5, cfc = scaled(512, width), scaled(4096, width)
+    model.classifier = nn.Sequential(
+        nn.Linear(c5 * 7 * 7, cfc), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(cfc, cfc), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(cfc, num_classes),
+    )
+    for layer in model.classifier:
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, 0, 0.01)
+            nn.init.zeros_(layer.bias)
+    return model
 
 
 class VGG16Backbone(StagedBackbone):

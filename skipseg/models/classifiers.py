@@ -9,36 +9,18 @@ backbones do (`backbones.scaled`), so a width-1/8 classifier fits a width-1/8 FC
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.vgg import VGG, make_layers
 
 from skipseg.errors import SkipsegError
-from skipseg.models.backbones import VGG16_CFG, scaled
+from skipseg.models.backbones import vgg16_classifier
+from skipseg.models.taps import SCALABLE as VGG_ARCHS
 from skipseg.models.taps import build_classifier, classifier_names
-
-VGG_ARCHS = {"vgg16": False, "vgg16_bn": True}  # name → batch norm
-
-
-def _vgg(batch_norm: bool, width: float, num_classes: int, dropout: float) -> VGG:
-    cfg = [v if v == "M" else scaled(v, width) for v in VGG16_CFG]
-    model = VGG(make_layers(cfg, batch_norm=batch_norm), num_classes=num_classes, init_weights=True, dropout=dropout)
-    c5, cfc = scaled(512, width), scaled(4096, width)
-    model.classifier = nn.Sequential(
-        nn.Linear(c5 * 7 * 7, cfc), nn.ReLU(True), nn.Dropout(dropout),
-        nn.Linear(cfc, cfc), nn.ReLU(True), nn.Dropout(dropout),
-        nn.Linear(cfc, num_classes),
-    )
-    for layer in model.classifier:  # torchvision's VGG initialisation of the linear layers
-        if isinstance(layer, nn.Linear):
-            nn.init.normal_(layer.weight, 0, 0.01)
-            nn.init.zeros_(layer.bias)
-    return model
 
 
 def build_pretrain_classifier(arch: str, num_classes: int, width: float = 1.0, dropout: float = 0.0) -> nn.Module:
     """`vgg16` / `vgg16_bn` at any width (torchvision's init: He fan-out convolutions, zero biases),
     or any other torchvision classifier at width 1.0 with a `num_classes`-way final layer."""
     if arch in VGG_ARCHS:
-        return _vgg(VGG_ARCHS[arch], width, num_classes, dropout)
+        return vgg16_classifier(VGG_ARCHS[arch], width, num_classes, dropout)
     if width != 1.0:
         raise SkipsegError(f"--width {width}: only {', '.join(VGG_ARCHS)} can be narrowed; {arch} needs width 1.0")
     model = build_classifier(arch)

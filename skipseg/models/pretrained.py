@@ -91,9 +91,13 @@ def accepted_sets(model_name: str) -> list[str]:
 
     from skipseg.models.registry import build_model, model_options
 
-    variants = [{}, *([{"batch_norm": True}] if "batch_norm" in model_options(model_name) else [])]
-    found = ["imagenet"]
+    options = model_options(model_name)
     cards = shipped_cards()
+    variants = [{}, *([{"batch_norm": True}] if "batch_norm" in options else [])]
+    if "backbone" in options:  # any torchvision classifier: each shipped architecture is a variant
+        variants += [{"backbone": arch} for arch in dict.fromkeys(c.backbone for c in cards)
+                     if arch != options["backbone"]]
+    found = ["imagenet"]
     for variant in variants:
         with torch.device("meta"):
             arch = build_model(model_name, num_classes=2, **variant).backbone.torchvision_arch

@@ -45,18 +45,19 @@ TAP_MAPS = Path(__file__).with_name("tap_maps.yaml")
 _AUX_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")  # torchvision files keep aux heads built here without
 
 
-def default_taps(backbone: str) -> tuple[list[str], str]:
+def default_taps(backbone: str, width: float = 1.0) -> tuple[list[str], str]:
     """(numbered taps, top) of `backbone` from tap_maps.yaml, else from `find_taps`."""
     maps = yaml.safe_load(TAP_MAPS.read_text()) or {}
     if backbone in maps:
         return list(maps[backbone]["taps"]), maps[backbone]["top"]
-    found = [t.name for t in find_taps(backbone)]
+    found = [t.name for t in find_taps(backbone, width=width)]
     return found[:-1], found[-1]
 
 
-def resolve_taps(backbone: str, tap_names: Sequence[str] | None = None, top: str | None = None) -> tuple[list[str], str]:
+def resolve_taps(backbone: str, tap_names: Sequence[str] | None = None, top: str | None = None,
+                 width: float = 1.0) -> tuple[list[str], str]:
     """The numbered taps and the top after config overrides (`model.tap_names`, `model.top`)."""
-    names, default_top = default_taps(backbone)
+    names, default_top = default_taps(backbone, width)
     return (list(tap_names) if tap_names is not None else names), (top or default_top)
 
 
@@ -198,7 +199,7 @@ class SkipNet(GridPredictor, nn.Module):
 
 
 def load_classifier_weights(classifier: nn.Module, backbone: str, pretrained: str | None,
-                            weights: str | Path | None) -> None:
+                            weights: str | Path | None, width: float = 1.0) -> None:
     """ImageNet weights (torchvision's weights API, its hub cache), the shipped shape-pretrained file
     (`pretrained: shapes`) or a torchvision-format file, loaded into the whole classifier before its
     trunk is cut out; the no-download error is init.py's. The final class layer is not part of the
@@ -206,7 +207,7 @@ def load_classifier_weights(classifier: nn.Module, backbone: str, pretrained: st
     if pretrained and weights:
         raise SkipsegError(f"give either pretrained={pretrained} or weights=FILE, not both")
     if pretrained == "shapes":
-        weights = shapes_weights(backbone, 1.0)
+        weights = shapes_weights(backbone, width)
     elif pretrained:
         if pretrained != "imagenet":
             raise SkipsegError(f"pretrained={pretrained!r}: expected 'imagenet' (torchvision's weights) or "
@@ -245,18 +246,16 @@ def skipnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = 
             grid: int = 67, mode: str = "box", input_size: int | None = None,
             freeze_backbone: bool = False) -> SkipNet:
     """`tap` None = the paper's "no connection" (the top alone). `head_channels`: the paper does not
-    give h's width; one width for every tap keeps the heads' capacity equal across the comparison."""
-    if width != 1.0:
-        raise SkipsegError(f"model.width: {width}: torchvision backbones cannot be scaled, use 1.0 "
-                           "(for a small network pick a small backbone, e.g. resnet18 or mobilenet_v3_small)")
+    give h's width; one width for every tap keeps the heads' capacity equal across the comparison.
+    `width` narrows a VGG16 backbone as FCN's and DeconvNet's are (other backbones: 1.0)."""
     check_skip_options(kernel, head_channels, grid, mode, input_size)
-    names, top = resolve_taps(backbone, tap_names, top)
+    classifier = build_classifier(backbone, width)
+    names, top = resolve_taps(backbone, tap_names, top, width)
     _, tap_name = resolve_tap(tap, names)
-    classifier = build_classifier(backbone)
     if init_from is None:
-        load_classifier_weights(classifier, backbone, pretrained, weights)
+        load_classifier_weights(classifier, backbone, pretrained, weights, width)
     taps = [*names, *([tap_name] if tap_name else []), top]
-    model = SkipNet(TorchvisionBackbone(backbone, taps, classifier), num_classes, top, tap_name, kernel,
+    model = SkipNet(TorchvisionBackbone(backbone, taps, classifier, width), num_classes, top, tap_name, kernel,
                     head_channels, grid, mode, input_size, freeze_backbone)
     if init_from is not None:
         init_from_checkpoint(model, init_from)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from skipseg.errors import SkipsegError
-from skipseg.models.backbones import Backbone, TapInfo
+from skipseg.models.backbones import Backbone, TapInfo, vgg16_classifier
 
 # Constructor arguments: no auxiliary classifiers (they are not part of the trunk); Inception-v3 and
 # GoogLeNet built without their slow truncated-normal init (see `build_classifier`), and with the
@@ -34,6 +34,8 @@ CLASSIFIER_KWARGS: dict[str, dict] = {
     "inception_v3": {"aux_logits": False, "init_weights": False, "transform_input": True},
     "googlenet": {"aux_logits": False, "init_weights": False, "transform_input": True},
 }
+# The classifiers that have a width multiplier (name -> batch norm), as skipseg's VGG16 backbones do.
+SCALABLE = {"vgg16": False, "vgg16_bn": True}
 PROBE_SIZES = (224, 352)
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
@@ -59,8 +61,9 @@ def classifier_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def build_classifier(name: str) -> nn.Module:
-    """torchvision classifier `name`, randomly initialised (weights are loaded by the caller).
+def build_classifier(name: str, width: float = 1.0) -> nn.Module:
+    """torchvision classifier `name`, randomly initialised (weights are loaded by the caller);
+    `vgg16`/`vgg16_bn` at any `width` (every channel count scaled), the others at width 1.0.
 
     Inception-v3/GoogLeNet get He (fan-out) init instead of their own truncated normal, which costs
     seconds on a CPU for a network that is usually loaded from ImageNet weights anyway.
@@ -70,6 +73,11 @@ def build_classifier(name: str) -> nn.Module:
     if name not in classifier_names():
         raise SkipsegError(f"model.backbone: unknown torchvision classifier {name!r}; valid: "
                            f"{', '.join(classifier_names())}")
+    if width != 1.0:
+        if name not in SCALABLE:
+            raise SkipsegError(f"model.width: {width:g}: only {', '.join(SCALABLE)} can be narrowed, {name} needs "
+                               "width 1.0 (for a small network pick a small backbone, e.g. mobilenet_v3_small)")
+        return vgg16_classifier(SCALABLE[name], width)
     model = torchvision.models.get_model(name, weights=None, **CLASSIFIER_KWARGS.get(name, {}))
     if CLASSIFIER_KWARGS.get(name, {}).get("init_weights") is False:
         for module in model.modules():
@@ -120,10 +128,10 @@ def _trace(model: nn.Module, names: dict[nn.Module, str], size: tuple[int, int])
 
 
 @functools.lru_cache(maxsize=32)
-def module_shapes(name: str, size: tuple[int, int]) -> tuple[tuple[str, tuple], ...]:
+def module_shapes(name: str, size: tuple[int, int], width: float = 1.0) -> tuple[tuple[str, tuple], ...]:
     """(module name, output shape) of every module of classifier `name` run at `size`, in run order."""
     with torch.device("meta"):
-        model = build_classifier(name)
+        model = build_classifier(name, width)
     model.eval()
     return tuple(_trace(model, {m: n for n, m in model.named_modules() if n}, size))
 
@@ -134,23 +142,23 @@ def _stride(a: tuple, b: tuple) -> int:
     return round(step / diff) if diff > 0 else round(PROBE_SIZES[1] / b[-2])
 
 
-def tap_geometry(name: str, taps: Sequence[str]) -> list[tuple[int, int]]:
+def tap_geometry(name: str, taps: Sequence[str], width: float = 1.0) -> list[tuple[int, int]]:
     """(channels, stride) of each named module of classifier `name` (a `SkipsegError` for a name
     that is not one of its modules with a feature-map output)."""
-    small, large = (dict(module_shapes(name, (s, s))) for s in PROBE_SIZES)
+    small, large = (dict(module_shapes(name, (s, s), width)) for s in PROBE_SIZES)
     out = []
     for tap in taps:
         if tap not in small or len(small[tap]) != 4:
-            candidates = ", ".join(t.name for t in find_taps(name))
+            candidates = ", ".join(t.name for t in find_taps(name, width=width))
             raise SkipsegError(f"model.tap_names: {tap!r} is not a feature map of {name}; candidates: {candidates}")
         out.append((small[tap][1], _stride(small[tap], large[tap])))
     return out
 
 
-def find_taps(name: str, size: tuple[int, int] | None = None) -> list[FoundTap]:
-    """Candidate taps of classifier `name`, bottom to top (the last is the top); shapes at `size`."""
+def find_taps(name: str, size: tuple[int, int] | None = None, width: float = 1.0) -> list[FoundTap]:
+    """Candidate taps of classifier `name` at `width`, bottom to top (the last is the top); shapes at `size`."""
     with torch.device("meta"):
-        model = build_classifier(name)
+        model = build_classifier(name, width)
     model.eval()
     modules = dict(_units(model))
     is_block = {unit: any(True for _ in module.children()) for unit, module in modules.items()}
@@ -203,13 +211,14 @@ class TorchvisionBackbone(Backbone):
     assumes, which is what the skip net's bilinear resampling uses anyway.
     """
 
-    def __init__(self, name: str, taps: Sequence[str], classifier: nn.Module | None = None) -> None:
+    def __init__(self, name: str, taps: Sequence[str], classifier: nn.Module | None = None,
+                 width: float = 1.0) -> None:
         from torchvision.models.feature_extraction import create_feature_extractor
 
         super().__init__()
         taps = list(dict.fromkeys(taps))
-        geometry = tap_geometry(name, taps)
-        classifier = classifier if classifier is not None else build_classifier(name)
+        geometry = tap_geometry(name, taps, width)
+        classifier = classifier if classifier is not None else build_classifier(name, width)
         self.arch = self.torchvision_arch = name
         self.torchvision_weights = default_weights(name)
         self.body = create_feature_extractor(classifier, return_nodes={t: t for t in taps})
