@@ -131,7 +131,8 @@ def test_proposal_wise_crf_ensemble_evaluation(tmp_path, trained_run, shapes_roo
                  "--data", str(shapes_root), "--proposals", "5", "--aggregate", "sum", "--proposal-runs", "1",
                  "--crf", "--crf-params", "iterations=3", "--out", str(out), "--no-progress", "--workers", "0"]) == 0
     scores = json.loads((out / "metrics.json").read_text())
-    assert scores["inference"] == {"flip": False, "scales": [1.0], "proposals": 5, "aggregate": "sum", "crf": True}
+    assert scores["inference"] == {"flip": False, "scales": [1.0], "proposals": 5, "aggregate": "sum", "crf": True,
+                                   "proposal_extend": 1.2, "min_box": 1000, "whole_image": "extra"}
     assert scores["num_images"] == 4
     assert len(list((out / "proposals").iterdir())) == 4  # proposals cached per image
 

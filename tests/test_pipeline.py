@@ -9,6 +9,7 @@ from torch import nn
 
 from skipseg.engine.runtime import make_runtime
 from skipseg.errors import SkipsegError
+from skipseg.inference.aggregate import proposal_scores
 from skipseg.inference.crf import CRFParams, dense_crf
 from skipseg.inference.pipeline import InferenceOptions, make_probs_fn
 
@@ -54,3 +55,26 @@ def test_proposal_runs_must_exist(image):
     with pytest.raises(SkipsegError, match="--proposal-runs: run 3 does not exist"):
         make_probs_fn([_tiny_model(0)], lambda i: path, make_runtime("cpu", "fp32"),
                       InferenceOptions(proposals=5, proposal_runs=[2]))
+
+
+def test_proposal_inference_crops_the_extended_boxes_and_aggregates_by_eq_1(image, monkeypatch):
+    """The pipeline's boxes are the ranked proposals extended x1.2 and clipped; the result equals
+    eq. 1 (pixel-wise max of G_i, zeros outside each box) computed by hand on those boxes."""
+    from skipseg.inference import proposals as proposals_module
+
+    path, rgb, batch = image  # 11 x 15
+    ranked = np.array([[0, 0, 15, 11], [2, 1, 7, 6], [8, 3, 14, 10]])  # whole image first, then two boxes
+    monkeypatch.setattr(proposals_module, "proposals", lambda *args, **kwargs: ranked)
+    model = nn.Conv2d(3, 4, 1).eval()  # a 1x1 conv: a crop's scores are the image's scores at the same pixels
+    model.input_size = None
+    options = InferenceOptions(proposals=3, proposal_extend=1.2, proposal_batch=2)
+    got = make_probs_fn([model], lambda i: path, make_runtime("cpu", "fp32"), options)(batch, [0])[0]
+    # 5x5 -> 6x6 about (4.5, 3.5), top-left rounded half to even: (2, 0); 6x7 -> 7x8 about (11, 6.5): (8, 2)
+    extended = [[0, 0, 15, 11], [2, 0, 8, 6], [8, 2, 15, 10]]
+    with torch.no_grad():
+        scores = model(batch)[0]
+    maps = torch.zeros(3, *scores.shape)
+    for i, box in enumerate(extended):  # G_i: one box's scores (crop -> 224² -> box), zeros outside it
+        maps[i] = proposal_scores(model, batch[0], [box], make_runtime("cpu", "fp32"), "sum")
+    expected = maps.max(0).values.softmax(0)
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -15,7 +15,7 @@ from skipseg.engine.runtime import Runtime
 from skipseg.errors import SkipsegError
 from skipseg.inference import proposals as proposals_module
 from skipseg.inference.aggregate import clip_boxes, proposal_probs, proposal_scores
-from skipseg.inference.proposals import proposals, rank_boxes
+from skipseg.inference.proposals import extend_boxes, proposals, rank_boxes
 from skipseg.models.registry import build_model
 
 CPU = Runtime(torch.device("cpu"), None, False)
@@ -49,6 +49,29 @@ def test_rank_boxes() -> None:
     raw = np.array([[0, 0, 30, 30], [1, 0, 30, 30], [5, 5, 8, 40], [10, 10, 40, 40], [0, 0, 100, 50]])
     assert rank_boxes(raw, (50, 100), k=10).tolist() == [[0, 0, 100, 50], [0, 0, 30, 30], [10, 10, 40, 40]]
     assert rank_boxes(raw, (50, 100), k=2).tolist() == [[0, 0, 100, 50], [0, 0, 30, 30]]
+
+
+def test_whole_image_modes_and_minimum_area() -> None:
+    raw = np.array([[0, 0, 30, 30], [10, 10, 40, 40], [60, 5, 75, 20], [50, 25, 95, 49]])
+    size = (50, 100)
+    whole = [0, 0, 100, 50]
+    assert rank_boxes(raw, size, k=2, whole_image="counted").tolist() == [whole, [0, 0, 30, 30]]
+    assert rank_boxes(raw, size, k=2, whole_image="extra").tolist() == [whole, [0, 0, 30, 30], [10, 10, 40, 40]]
+    assert rank_boxes(raw, size, k=2, whole_image="off").tolist() == [[0, 0, 30, 30], [10, 10, 40, 40]]
+    # min_area: the 15 x 15 box (225 px) goes below 226, the 45 x 24 one (1080) stays
+    kept = rank_boxes(raw, size, k=10, whole_image="off", min_area=226).tolist()
+    assert kept == [[0, 0, 30, 30], [10, 10, 40, 40], [50, 25, 95, 49]]
+    with pytest.raises(SkipsegError, match="whole_image: 'both'"):
+        rank_boxes(raw, size, k=2, whole_image="both")
+
+
+def test_extension_scales_about_the_centre_and_clips() -> None:
+    boxes = np.array([[10, 10, 30, 20], [0, 0, 10, 10], [90, 40, 100, 50]])
+    # 20 x 10 -> 24 x 12 about (20, 15); the corner boxes grow 12 x 12 and are clipped to 100 x 50
+    assert extend_boxes(boxes, 1.2, (50, 100)).tolist() == [[8, 9, 32, 21], [0, 0, 11, 11], [89, 39, 100, 50]]
+    assert extend_boxes(boxes, 1.0, (50, 100)).tolist() == boxes.tolist()
+    with pytest.raises(SkipsegError, match="must be >= 1"):
+        extend_boxes(boxes, 0.9, (50, 100))
 
 
 def test_proposals_cache(image, tmp_path, monkeypatch) -> None:

@@ -24,7 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_inference_args(parser)
     group = parser.add_argument_group("proposal-wise inference and CRF (DeconvNet §3.3, any model)")
     group.add_argument("--proposals", type=int, default=0, metavar="K",
-                       help="predict on the top-K selective-search proposals (+ the whole image) and aggregate")
+                       help="predict on the top-K selective-search proposals and aggregate (with the whole "
+                            "image: see --whole-image)")
+    group.add_argument("--proposal-extend", type=float, default=1.2, metavar="F",
+                       help="scale each proposal box by F about its centre, clipped to the image, before cropping "
+                            "(default 1.2: the paper's extension of stage-1 training boxes)")
+    group.add_argument("--min-box", type=int, default=1000, metavar="AREA",
+                       help="drop proposals smaller than AREA pixels (default 1000: EdgeBoxes' own minimum box area, "
+                            "minBoxArea, the proposal method of the paper; scale it with the image area)")
+    group.add_argument("--whole-image", choices=("extra", "counted", "off"), default="extra",
+                       help="the whole image as a proposal: extra (the K boxes + the whole image, default), "
+                            "counted (one of the K) or off (so pixels no box covers predict nothing)")
     group.add_argument("--aggregate", choices=("max", "sum"), default="max",
                        help="pixel-wise max (eq. 1, default) or sum (eq. 2) over proposals")
     group.add_argument("--proposal-runs", metavar="I,J",
@@ -53,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from skipseg.metrics import format_table
 
     scales = parse_scales(args.scales)
+    if not args.proposal_extend >= 1.0:
+        raise SkipsegError(f"--proposal-extend: must be >= 1, got {args.proposal_extend}")
+    if args.min_box < 0:
+        raise SkipsegError(f"--min-box: must be >= 0 pixels, got {args.min_box}")
     runtime = make_runtime(args.device, args.precision)
     models = [model_from_checkpoint(path, runtime) for path in args.runs]
     first_config = models[0][1]
@@ -69,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     options = InferenceOptions(
         flip=args.flip, scales=scales, proposals=args.proposals, aggregate=args.aggregate,
+        proposal_extend=args.proposal_extend, min_box=args.min_box, whole_image=args.whole_image,
         proposal_batch=args.proposal_batch, proposal_cache=Path(args.proposal_cache or out / "proposals"),
         proposal_runs=parse_indices(args.proposal_runs, "--proposal-runs"),
         crf=parse_crf(args.crf_params, first_config.crf) if args.crf or args.crf_params else None,
@@ -89,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         scores["split"] = args.split
         scores["inference"] = {"flip": args.flip, "scales": list(scales), "proposals": args.proposals,
                                "aggregate": args.aggregate if args.proposals else None,
+                               **({"proposal_extend": args.proposal_extend, "min_box": args.min_box,
+                                   "whole_image": args.whole_image} if args.proposals else {}),
                                "crf": options.crf is not None}
         if options.crf is not None:
             scores["crf_params"] = dataclasses.asdict(options.crf)  # the first run's `crf:` + --crf-params

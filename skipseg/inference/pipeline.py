@@ -28,6 +28,9 @@ class InferenceOptions:
     flip: bool = False
     scales: Sequence[float] = (1.0,)
     proposals: int = 0
+    proposal_extend: float = 1.2  # each box scaled about its centre, as stage-1 training's object boxes
+    min_box: int = 1000  # px²: EdgeBoxes' default minimum box area (`minBoxArea`), the paper's proposals
+    whole_image: str = "extra"  # extra: K boxes + the whole image | counted: one of the K | off
     aggregate: str = "max"
     proposal_batch: int | None = None  # crops per forward; None: default_proposal_batch(device)
     proposal_cache: Path | None = None
@@ -70,9 +73,11 @@ def make_probs_fn(models: Sequence[nn.Module], image_path: Callable[[int], Path]
 def _proposal_probs(model: nn.Module, image: torch.Tensor, path: Path, runtime: Runtime,
                     options: InferenceOptions) -> torch.Tensor:
     from skipseg.inference.aggregate import proposal_probs
-    from skipseg.inference.proposals import proposals
+    from skipseg.inference.proposals import extend_boxes, proposals
 
-    boxes = proposals(path, k=options.proposals, cache_dir=options.proposal_cache)
+    boxes = proposals(path, k=options.proposals, cache_dir=options.proposal_cache, min_area=options.min_box,
+                      whole_image=options.whole_image)
+    boxes = extend_boxes(boxes, options.proposal_extend, (int(image.shape[-2]), int(image.shape[-1])))
     batch = options.proposal_batch or default_proposal_batch(runtime.device)
     probs = proposal_probs(model, image, boxes, runtime, aggregate=options.aggregate, batch_size=batch)
     return probs.to(runtime.device)

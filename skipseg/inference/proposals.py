@@ -4,8 +4,10 @@ The DeconvNet paper takes the top 50 EdgeBoxes by objectness. EdgeBoxes needs a 
 model; selective search (Uijlings et al. 2013; `cv2.ximgproc.segmentation`, opencv-contrib) needs
 nothing, and ranks its boxes too (hierarchy level × a pseudo-random factor). Here: selective search
 on a copy of the image downscaled to `max_side` (its cost grows quickly with size), boxes scaled
-back, near-duplicates removed in rank order (IoU > `dedupe_iou` with a better-ranked box), boxes
-thinner than `min_size` pixels dropped, the whole image put first, the first `k` kept.
+back, boxes thinner than `min_size` pixels or smaller than `min_area` pixels dropped, near-duplicates
+removed in rank order (IoU > `dedupe_iou` with a better-ranked box), the first `k` kept, and the whole
+image put first (`whole_image`: "counted" as one of the k, "extra" on top of them, or "off").
+Proposal-wise inference then extends each box (`extend_boxes`) as stage-1 training extends objects.
 
 OpenCV draws the pseudo-random rank factors with C's `rand()`; it is seeded before every run (under
 a lock, since that state is process-wide), so the same image always gives the same boxes.
@@ -24,11 +26,13 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
+from skipseg.data.instances import extend_box
 from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import read_rgb
 
 CACHE_VERSION = 1
 METHODS = ("fast", "quality")
+WHOLE_IMAGE = ("extra", "counted", "off")  # the whole image on top of the k boxes, as one of them, or not
 _LOCK = threading.Lock()
 
 
@@ -70,16 +74,30 @@ def selective_search(image: np.ndarray, method: str = "fast", max_side: int = 20
 
 
 def rank_boxes(boxes: np.ndarray, size: tuple[int, int], k: int, dedupe_iou: float = 0.9,
-               min_size: int = 10) -> np.ndarray:
-    """The whole image, then `boxes` (best first) without near-duplicates and thin boxes; `k` at most."""
+               min_size: int = 10, min_area: int = 0, whole_image: str = "counted") -> np.ndarray:
+    """`boxes` (best first) without thin, small and near-duplicate boxes, `k` at most, the whole
+    image first unless `whole_image` is "off" ("counted": it is one of the k; "extra": k + 1 boxes)."""
+    if whole_image not in WHOLE_IMAGE:
+        raise SkipsegError(f"whole_image: '{whole_image}' is not one of {', '.join(WHOLE_IMAGE)}")
     height, width = size
     whole = np.array([[0, 0, width, height]], np.int64)
     boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
-    wide = (boxes[:, 2] - boxes[:, 0] >= min(min_size, width)) & (boxes[:, 3] - boxes[:, 1] >= min(min_size, height))
-    candidates = np.concatenate([whole, boxes[wide]])
+    sides = boxes[:, 2:] - boxes[:, :2]
+    keep = ((sides[:, 0] >= min(min_size, width)) & (sides[:, 1] >= min(min_size, height))
+            & (sides[:, 0] * sides[:, 1] >= min(min_area, width * height)))
+    with_whole = whole_image != "off"
+    candidates = np.concatenate([whole, boxes[keep]]) if with_whole else boxes[keep]
     scores = -torch.arange(len(candidates), dtype=torch.float32)  # rank order as the score
-    keep = nms(torch.from_numpy(candidates).float(), scores, dedupe_iou).numpy()  # sorted by score
-    return candidates[keep[:k]]
+    ranked = candidates[nms(torch.from_numpy(candidates).float(), scores, dedupe_iou).numpy()]  # by score
+    return ranked[: k + 1] if whole_image == "extra" else ranked[:k]
+
+
+def extend_boxes(boxes: np.ndarray, factor: float, size: tuple[int, int]) -> np.ndarray:
+    """Each box scaled by `factor` about its centre and clipped to an image of `size` = (H, W)
+    (`data.instances.extend_box`, the stage-1 crops' rule), int64 `[K, 4]`."""
+    if not factor >= 1.0:
+        raise SkipsegError(f"proposal extension: must be >= 1 (the paper's 1.2), got {factor}")
+    return np.array([extend_box(box, factor, size) for box in np.asarray(boxes).reshape(-1, 4)], np.int64).reshape(-1, 4)
 
 
 def _cache_key(image: np.ndarray | str | Path, settings: str) -> str:
@@ -96,9 +114,9 @@ def _cache_key(image: np.ndarray | str | Path, settings: str) -> str:
 
 def proposals(image: np.ndarray | str | Path, k: int = 50, cache_dir: str | Path | None = None,
               method: str = "fast", max_side: int = 200, dedupe_iou: float = 0.9,
-              min_size: int = 10) -> np.ndarray:
+              min_size: int = 10, min_area: int = 0, whole_image: str = "counted") -> np.ndarray:
     """Up to `k` object proposals of an image (an (H, W, 3) uint8 RGB array or a file), best first:
-    int64 `[K', 4]` (x0, y0, x1, y1), x1/y1 exclusive, the whole image always first.
+    int64 `[K', 4]` (x0, y0, x1, y1), x1/y1 exclusive, the whole image first (`rank_boxes`).
 
     With `cache_dir`, the boxes are stored there as `<sha1>.npy`, keyed by the file's path, mtime
     and size (or an array's bytes) and every setting, and read back on the next call.
@@ -109,7 +127,9 @@ def proposals(image: np.ndarray | str | Path, k: int = 50, cache_dir: str | Path
         raise SkipsegError(f"proposals.method: '{method}' is not one of {', '.join(METHODS)}")
     if isinstance(image, (str, Path)) and not Path(image).is_file():
         raise SkipsegError(f"{image}: image file not found")
-    settings = f"{k}|{method}|{max_side}|{dedupe_iou}|{min_size}"
+    if whole_image not in WHOLE_IMAGE:
+        raise SkipsegError(f"whole_image: '{whole_image}' is not one of {', '.join(WHOLE_IMAGE)}")
+    settings = f"{k}|{method}|{max_side}|{dedupe_iou}|{min_size}|{min_area}|{whole_image}"
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"{_cache_key(image, settings)}.npy"
@@ -121,7 +141,8 @@ def proposals(image: np.ndarray | str | Path, k: int = 50, cache_dir: str | Path
     pixels = read_rgb(image) if not isinstance(image, np.ndarray) else image
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise SkipsegError(f"proposals: expected an (H, W, 3) uint8 RGB image, got {pixels.shape} {pixels.dtype}")
-    boxes = rank_boxes(selective_search(pixels, method, max_side), pixels.shape[:2], k, dedupe_iou, min_size)
+    boxes = rank_boxes(selective_search(pixels, method, max_side), pixels.shape[:2], k, dedupe_iou, min_size,
+                       min_area, whole_image)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
