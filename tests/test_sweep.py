@@ -99,7 +99,7 @@ def test_sharded_sweep_trains_skips_complete_runs_and_collects(tmp_path, shapes_
     assert table1[0] == "Connection,Tap,best n,mIoU,Background IoU,val cross-entropy"
     assert [row.split(",")[:3] for row in table1[1:]] == [["No connection", "top only", "—"], ["2", "layer1.0", "3"]]
     assert all("—" not in row.split(",")[3:] for row in table1[1:])
-    assert (report / "table3.csv").read_text().splitlines()[2] == "FCN-8s,90.00,50.00"
+    assert (report / "table3.csv").read_text().splitlines()[2] == "FCN-8s,pixels,—,90.00,50.00"  # no run config: —
     assert sorted(p.name for p in (report / "score_maps").iterdir()) == ["noskip.png", "tap2_k3.png"]
     assert json.loads((report / "summary.json").read_text())["missing"] == []
 

@@ -50,6 +50,7 @@ class SweepSection:
     taps: list[str] | None = None  # numbers, module names, "none"; null = none + every numbered tap
     kernels: list[int] = field(default_factory=lambda: [3, 5, 7])  # numeric ranges: config.RANGES["sweep.*"]
     compare: list[CompareRun] = field(default_factory=list)
+    published: bool = False  # Table 3 also lists the paper's published rows (VOC 2012 test), marked so
     score_map_images: list[str] | None = None  # val image ids for the score maps; null = the first few
     score_map_count: int = 3  # how many when not listed (0: no score maps)
 

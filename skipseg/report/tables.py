@@ -115,20 +115,42 @@ def compare_metrics(path: str | Path) -> dict:
     raise SkipsegError(f"{path}: no metrics.json (run `skipseg evaluate RUN --out {path}`) or validated metrics.csv")
 
 
-def table3(records: Sequence[dict], method: str, compare: Sequence[tuple[str, str]]) -> Table:
+# The paper's Table 3 (Yim & Sohn 2017; VOC 2012 test for the others): (method, background IoU, mIoU).
+PUBLISHED = (
+    ("Inception-v3, single skip (published)", 89.7, 39.9),
+    ("Hypercolumn (published)", 88.9, 59.2),
+    ("DeconvNet (published)", 92.7, 69.6),
+    ("FCN-8s (published)", 91.2, 62.2),
+)
+
+
+def table3(records: Sequence[dict], method: str, compare: Sequence[tuple[str, str]],
+           eval_ids: set[str] | None = None, method_scored_on: str = "cells", published: bool = False,
+           method_train_ids: set[str] | None = None) -> Table:
+    """The best configuration, then each compared system (with how many of the evaluation images it
+    trained on: `overlap.training_ids`), then optionally the paper's published rows (never "best")."""
+    from skipseg.report.overlap import scored_on, training_ids
+
     rows = []
     if records:
         best = max(records, key=_rank)
         which = "no connection" if best.get("label") is None else f"tap {best['label']}, n = {best['kernel']}"
-        rows.append([f"{method} ({which})", pct(background_iou(best)), pct(best.get("mean_iou"))])
+        own = MISSING if method_train_ids is None or eval_ids is None else str(len(method_train_ids & eval_ids))
+        rows.append([f"{method} ({which})", method_scored_on, own, pct(background_iou(best)), pct(best.get("mean_iou"))])
     for name, run in compare:
         try:
             found = compare_metrics(run)
         except SkipsegError:  # not trained or evaluated yet: the table still comes out
-            rows.append([f"{name} (no metrics in {run})", MISSING, MISSING])
+            rows.append([f"{name} (no metrics in {run})", MISSING, MISSING, MISSING, MISSING])
             continue
-        rows.append([name, pct(found["background"]), pct(found["mean_iou"])])
-    return ["Method", "Background", "Mean IoU"], rows
+        trained = training_ids(run)
+        overlap = MISSING if trained is None or eval_ids is None else str(len(trained & eval_ids))
+        if overlap not in (MISSING, "0"):
+            name = f"{name} (not comparable: trained on {overlap} of the {len(eval_ids or ())} evaluation images)"
+        rows.append([name, scored_on(run), overlap, pct(found["background"]), pct(found["mean_iou"])])
+    if published:
+        rows += [[name, "pixels", MISSING, f"{bg:.2f}", f"{miou:.2f}"] for name, bg, miou in PUBLISHED]
+    return ["Method", "Scored on", "Trained on eval images", "Background", "Mean IoU"], rows
 
 
 def markdown(table: Table) -> str:
@@ -150,18 +172,23 @@ CAPTIONS = {
     "table2": "Table 2. mIoU (%) per connection and filter size n.",
     "table2_ce": "Table 2b. Validation cross-entropy (nats per cell or pixel) per connection and filter size n "
                  "(not in the paper; lower is closer to the labels).",
-    "table3": "Table 3. Comparison with other methods (IoU, %).",
+    "table3": "Table 3. Comparison with other methods (IoU, %). \"Scored on\": cells = the mIoU over the G×G "
+              "grid's majority labels (box-wise), pixels = over pixels; the two are not the same measure. "
+              "\"Trained on eval images\": how many of the evaluation split's images the system trained on "
+              "(by id, from its run configs; — = unknown). Published rows: the paper's, VOC 2012 test.",
 }
 
 
 def write_tables(records: Sequence[dict], labels: Sequence[str | None], kernels: Sequence[int], method: str,
-                 compare: Sequence[tuple[str, str]], out_dir: str | Path, note: str = "") -> dict[str, Path]:
+                 compare: Sequence[tuple[str, str]], out_dir: str | Path, note: str = "",
+                 eval_ids: set[str] | None = None, method_scored_on: str = "cells",
+                 published: bool = False, method_train_ids: set[str] | None = None) -> dict[str, Path]:
     """table1/2/2_ce/3 `.md` and `.csv` and `tables.md` (all of them) in `out_dir`; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {"table1": table1(records, labels), "table2": table2(records, labels, kernels),
               "table2_ce": table2(records, labels, kernels, key="cross_entropy"),
-              "table3": table3(records, method, compare)}
+              "table3": table3(records, method, compare, eval_ids, method_scored_on, published, method_train_ids)}
     paths: dict[str, Path] = {}
     sections = [f"# Single-skip-connection study: {method}", note]
     for name, table in tables.items():
@@ -179,6 +206,7 @@ def collect(dirs: Sequence[str | Path], out: str | Path | None = None, score_map
     """Merge the finished runs of `dirs` (sweep folders of the same sweep) into `out` (default the
     first folder's `report/`). Returns `{"report", "tables", "score_maps", "found", "missing"}`."""
     from skipseg.engine.sweep import read_plan, records
+    from skipseg.report.overlap import split_ids
     from skipseg.report.score_maps import sweep_score_maps
 
     dirs = [Path(d) for d in dirs]
@@ -195,7 +223,12 @@ def collect(dirs: Sequence[str | Path], out: str | Path | None = None, score_map
     note = (f"{len(found)} of {len(plan)} configurations found"
             + (f"; missing: {', '.join(missing)}" if missing else "") + f". Sweep folders: {', '.join(map(str, dirs))}.")
     compare = [(c.name, c.run) for c in config.sweep.compare]
-    tables = write_tables(found, labels, config.sweep.kernels, method, compare, report, note)
+    data = config.data
+    eval_ids = split_ids(data.val_root or data.root, data.val_split, data.sbd_root)
+    train_ids = split_ids(data.root, data.train_split, data.sbd_root)
+    cells = "cells" if (config.model.mode or "box") == "box" else "pixels"
+    tables = write_tables(found, labels, config.sweep.kernels, method, compare, report, note, eval_ids, cells,
+                          config.sweep.published, train_ids)
     maps = sweep_score_maps(config, found, dirs, mode, report / "score_maps") if score_maps and found else []
     summary = {"found": [r["name"] for r in found], "missing": missing, **_train_seconds(dirs, plan, mode)}
     (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
