@@ -15,7 +15,8 @@ from skipseg.cli import main
 from skipseg.engine.checkpoint import save_checkpoint
 from skipseg.errors import SkipsegError
 from skipseg.models import init as model_init
-from skipseg.models.backbones import VGG16_CFG, scaled
+from skipseg.models import deconvnet as deconvnet_module
+from skipseg.models.backbones import VGG16_CFG, scaled, vgg16_classifier
 from skipseg.models.describe import describe_model
 from skipseg.models.registry import build_model
 from skipseg.models.unpool import max_pool_with_switches, max_unpool
@@ -194,18 +195,54 @@ def test_weights_file_conv_part_and_fc_surgery(tmp_path) -> None:
 
 
 
-def test_pretrained_imagenet_vgg16_bn(hub) -> None:
+def test_pretrained_imagenet_bn_is_torchvisions_vgg16_bn(hub) -> None:
     path = model_init.hub_cache_path("VGG16_BN_Weights.IMAGENET1K_V1")
     with torch.device("meta"), pytest.raises(SkipsegError, match=str(path.name)):
-        build_model("deconvnet", pretrained="imagenet")  # offline and not cached: names the file
+        build_model("deconvnet", pretrained="imagenet_bn")  # offline and not cached: names the file
     hub.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
         torch.save(torchvision.models.vgg16_bn().state_dict(), path)  # meta tensors: a tiny file
-        model = build_model("deconvnet", pretrained="imagenet")
+        model = build_model("deconvnet", pretrained="imagenet_bn")
     assert model.backbone.fc6.weight.shape == (4096, 512, 7, 7)
     assert model.backbone.fc7.weight.shape == (4096, 4096, 1, 1)
     with pytest.raises(SkipsegError, match="width=1.0"):
         build_model("deconvnet", width=0.5, pretrained="imagenet")
+
+
+def test_pretrained_imagenet_is_the_papers_vgg16_with_identity_batch_norm(monkeypatch) -> None:
+    """`imagenet` asks for plain VGG16 (`imagenet_bn` for VGG16-BN) and loads its i-th conv into the
+    i-th conv, every batch norm left as the identity."""
+    asked = []
+
+    def fake(name, progress=True):
+        asked.append(name)
+        with torch.device("meta"):
+            return (torchvision.models.vgg16() if name.startswith("VGG16_Weights") else torchvision.models.vgg16_bn()).state_dict()
+
+    monkeypatch.setattr(model_init, "imagenet_state_dict", fake)
+    with torch.device("meta"):
+        build_model("deconvnet", pretrained="imagenet")
+        build_model("deconvnet", pretrained="imagenet_bn")
+    assert asked == ["VGG16_Weights.IMAGENET1K_V1", "VGG16_BN_Weights.IMAGENET1K_V1"]
+    torch.manual_seed(0)  # the mapping itself, at a tiny width
+    model = build_model("deconvnet", num_classes=3, width=1 / 16, input_size=32).eval()
+    vgg = vgg16_classifier(batch_norm=False, width=1 / 16)
+    view = deconvnet_module._TorchvisionPart(model.backbone)
+    state = model_init.torchvision_to_backbone(view, model_init.plain_vgg_into_batch_norm(view, vgg.state_dict()))
+    model_init.load_exactly(view, state, "vgg16 (test)")
+    features = model.backbone.features
+    convs = [layer for layer in features if isinstance(layer, nn.Conv2d)]
+    plain = [layer for layer in vgg.features if isinstance(layer, nn.Conv2d)]
+    assert len(convs) == len(plain) == 13
+    for mine, theirs in zip(convs, plain):
+        assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.bias, theirs.bias)
+    for bn in (layer for layer in features if isinstance(layer, nn.BatchNorm2d)):
+        assert bn.weight.eq(1).all() and not bn.bias.any() and not bn.running_mean.any() and bn.running_var.eq(1).all()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():  # the encoder computes VGG16's conv1_1 … pool1 (batch norm: identity up to eps)
+        assert torch.allclose(features[:7](x)[0], vgg.features[:5](x), atol=1e-4)
+    with pytest.raises(SkipsegError, match="'imagenet_bn' \\(deconvnet"):
+        build_model("fcn32s", width=1 / 16, pretrained="imagenet_bn")
 
 
 def test_init_from_a_trained_deconvnet(tmp_path) -> None:

@@ -13,9 +13,11 @@ input/32 (7 at 224, the paper's) and deconv-fc6 mirrors it, every other layer is
 Batch norm after fc6/fc7 normalises 1×1 maps over the batch, so training needs batches of >= 2.
 At width 1.0 with 21 classes the model has 251,805,653 parameters (the paper: "approximately 252M").
 
-Layer names: the encoder keeps torchvision's `vgg16_bn` keys (`backbone.features.N`), so ImageNet
-weights load as they are, with fc6/fc7 reshaped from torchvision's Linear layers ("surgery");
-the BN after fc6/fc7 has no ImageNet counterpart and starts as the identity.
+Layer names: the encoder keeps torchvision's `vgg16_bn` keys (`backbone.features.N`). The paper
+starts from ImageNet's VGG16, which has no batch norm: `pretrained: imagenet` loads VGG16's
+convolutions into theirs and every batch norm starts as the identity; `pretrained: imagenet_bn`
+loads torchvision's VGG16-BN as it is. Either way fc6/fc7 are reshaped from torchvision's Linear
+layers ("surgery"), and the BN after fc6/fc7 has no ImageNet counterpart (identity at the start).
 """
 from __future__ import annotations
 
@@ -53,6 +55,9 @@ class DeconvNetBackbone(StagedBackbone):
     returns `(taps, switches)` for the decoder.
     """
 
+    # `pretrained: imagenet` (the paper): VGG16's convolutions, each followed by a batch norm that
+    # starts as the identity; `pretrained: imagenet_bn`: torchvision's VGG16-BN, batch norms included.
+    paper_weights = "VGG16_Weights.IMAGENET1K_V1"
     torchvision_weights = "VGG16_BN_Weights.IMAGENET1K_V1"
     torchvision_arch = "vgg16_bn"
     torchvision_fc = {"fc6": ("classifier.0", 7), "fc7": ("classifier.3", 1)}
@@ -189,14 +194,17 @@ class _TorchvisionPart(nn.Module):
         super().__init__()
         self.features, self.fc6, self.fc7 = backbone.features, backbone.fc6, backbone.fc7
         self.torchvision_weights, self.torchvision_arch = backbone.torchvision_weights, backbone.torchvision_arch
+        self.paper_weights = backbone.paper_weights
         self.torchvision_fc, self.torchvision_ignore = backbone.torchvision_fc, backbone.torchvision_ignore
 
 
 @register_model("deconvnet", "DeconvNet (Noh et al. 2015): VGG16-BN encoder, unpooling/deconvolution decoder, 224x224")
 def deconvnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
               init_from: str | None = None, input_size: int = INPUT_SIZE) -> DeconvNet:
-    """`pretrained: imagenet | shapes` / `weights: FILE`: torchvision VGG16_BN weights for the
-    convolutions and fc6/fc7 (the decoder and the fc BNs keep their initial values); `init_from`: a
+    """`pretrained: imagenet` (the paper: VGG16's convolutions and fc6/fc7, every batch norm starting
+    as the identity), `imagenet_bn` (torchvision's VGG16-BN, its batch norms too), `shapes` (the
+    shipped VGG16-BN) or `weights: FILE` (a vgg16_bn-format file); the decoder and the fc batch norms
+    keep their initial values either way; `init_from`: a
     trained model. `input_size`: the square input, a multiple of 32 (fc6 is input_size/32 wide; below
     224 the classifier's 7x7 average pooling is folded into fc6, see `init.fc_to_conv`)."""
     check_input_size(input_size)

@@ -72,6 +72,22 @@ def torchvision_to_backbone(backbone: nn.Module, state: Mapping[str, Tensor]) ->
     return out
 
 
+def plain_vgg_into_batch_norm(backbone: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """torchvision `vgg16`'s state_dict for a backbone whose `features` are `vgg16_bn`'s: the i-th
+    convolution's tensors into the i-th convolution, every batch norm kept as the backbone holds it
+    (initialised as the identity), as DeconvNet adds batch norm to ImageNet's VGG16."""
+    convs = [i for i, layer in enumerate(backbone.features) if isinstance(layer, nn.Conv2d)]
+    sources = sorted({int(k.split(".")[1]) for k, v in state.items() if k.startswith("features.") and v.dim() == 4})
+    if len(sources) != len(convs):
+        raise SkipsegError(f"plain VGG16 weights: {len(sources)} convolutions for the backbone's {len(convs)}")
+    out = {k: v for k, v in state.items() if not k.startswith("features.")}
+    for src, dst in zip(sources, convs):
+        out[f"features.{dst}.weight"], out[f"features.{dst}.bias"] = state[f"features.{src}.weight"], state[f"features.{src}.bias"]
+    own = backbone.state_dict()
+    out.update({k: v for k, v in own.items() if k.startswith("features.") and k not in out})  # the batch norms
+    return out
+
+
 def load_exactly(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """Load every tensor of `module` from `state`; a missing, extra or misshapen key is an error
     naming it. (BatchNorm's `num_batches_tracked` may be missing: older files lack it.)"""
@@ -210,16 +226,23 @@ def initialize(
     if pretrained == "shapes":
         weights = shapes_weights(backbone.torchvision_arch, width)
     elif pretrained:
-        if pretrained != "imagenet":
-            raise SkipsegError(f"pretrained={pretrained!r}: expected 'imagenet' (torchvision's weights) or "
+        # A backbone whose paper network is plain VGG16 with batch norm added (DeconvNet) names those
+        # weights `paper_weights`: `imagenet` loads them, `imagenet_bn` torchvision's VGG16-BN instead.
+        paper = getattr(backbone, "paper_weights", None)
+        if pretrained not in ("imagenet", "imagenet_bn") or (pretrained == "imagenet_bn" and paper is None):
+            raise SkipsegError(f"pretrained={pretrained!r}: expected 'imagenet' (torchvision's weights), "
+                               "'imagenet_bn' (deconvnet: VGG16-BN's instead of the paper's VGG16) or "
                                "'shapes' (the shipped shape-pretrained classifiers)")
         if backbone.torchvision_weights is None:
             raise SkipsegError(f"{type(backbone).__name__} has no ImageNet weights")
         if width != 1.0:
-            raise SkipsegError(f"pretrained=imagenet needs width=1.0 (the ImageNet network), got width={width}")
-        state = imagenet_state_dict(backbone.torchvision_weights)
-        load_exactly(backbone, torchvision_to_backbone(backbone, state), backbone.torchvision_weights)
-        logger.info("backbone initialised from %s", backbone.torchvision_weights)
+            raise SkipsegError(f"pretrained={pretrained} needs width=1.0 (the ImageNet network), got width={width}")
+        name = paper if pretrained == "imagenet" and paper else backbone.torchvision_weights
+        state = imagenet_state_dict(name)
+        if name == paper:
+            state = plain_vgg_into_batch_norm(backbone, state)
+        load_exactly(backbone, torchvision_to_backbone(backbone, state), name)
+        logger.info("backbone initialised from %s", name)
     if weights is not None:
         state = read_state_dict(weights)
         load_exactly(backbone, torchvision_to_backbone(backbone, state), str(weights))

@@ -97,7 +97,9 @@ def accepted_sets(model_name: str) -> list[str]:
     if "backbone" in options:  # any torchvision classifier: each shipped architecture is a variant
         variants += [{"backbone": arch} for arch in dict.fromkeys(c.backbone for c in cards)
                      if arch != options["backbone"]]
-    found = ["imagenet"]
+    with torch.device("meta"):
+        paper = getattr(build_model(model_name, num_classes=2).backbone, "paper_weights", None)
+    found = ["imagenet", *(["imagenet_bn"] if paper else [])]
     for variant in variants:
         with torch.device("meta"):
             arch = build_model(model_name, num_classes=2, **variant).backbone.torchvision_arch

@@ -87,8 +87,8 @@ def _check_value(model: str, key: str, value: Any, default: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise bad("a number > 0")
     elif key == "pretrained":
-        if value not in (None, False, "imagenet", "shapes"):
-            raise bad("'imagenet', 'shapes' or null")
+        if value not in (None, False, "imagenet", "imagenet_bn", "shapes"):
+            raise bad("'imagenet', 'imagenet_bn' (deconvnet), 'shapes' or null")
     elif key in ("weights", "init_from"):
         if value is not None and not isinstance(value, (str, Path)):
             raise bad("a file path or null")
