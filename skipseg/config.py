@@ -75,6 +75,7 @@ class DataConfig:
     extend: float = 1.2
     min_iou: float = 0.5
     proposals: int = 50  # top-K selective-search proposals per image that stage 2 chooses from
+    proposal_side: int | None = 200  # selective search on a copy with this longer side (null: the full image)
     proposal_cache: str | None = None  # proposal cache folder (null: RUN/proposals)
     balance: bool = False  # repeat crops of rare classes: ceil(max class count / class count) times
 
@@ -189,6 +190,7 @@ RANGES: dict[str, Range] = {
     "data.extend": Range(ge=1),  # the box grows around its object, never shrinks
     "data.min_iou": Range(gt=0, le=1),
     "data.proposals": Range(ge=1),
+    "data.proposal_side": Range(ge=16),  # pixels: selective search needs some image to segment
     "train.batch_size": Range(ge=1),
     "train.iterations": Range(ge=1),
     "train.epochs": Range(gt=0),

@@ -177,3 +177,33 @@ def test_needs_object_masks(shapes) -> None:
     base.has_objects = False
     with pytest.raises(SkipsegError, match="object masks"):
         InstanceCropDataset(base)
+
+
+def test_stage2_proposal_count_and_source_resolution_are_config_keys(shapes, tmp_path, monkeypatch) -> None:
+    """data.proposals / data.proposal_side / data.min_iou reach the proposal search of stage 2
+    (null side: the full image), as the VOC config sets them to the paper's 2,000 per full image."""
+    from skipseg.config import load_config
+    from skipseg.engine import trainer
+    from skipseg.inference import proposals as proposals_module
+
+    asked = []
+
+    def search(path, k, cache_dir, max_side, **kwargs):
+        asked.append((k, max_side))
+        return np.array([[0, 0, 64, 64]])
+
+    monkeypatch.setattr(proposals_module, "proposals", search)
+    for side, expected in (("null", 1 << 30), ("48", 48)):
+        config = load_config(None, [f"data.root={shapes.root}", "data.sampling=proposals", "data.crop_size=32",
+                                    "data.proposals=2000", f"data.proposal_side={side}", "data.min_iou=0.3",
+                                    "data.workers=0"])
+        asked.clear()
+        crops = trainer.build_train_set(config, tmp_path / side)
+        assert set(asked) == {(2000, expected)} and len(asked) == len(shapes)
+        assert crops.min_iou == 0.3
+    from skipseg.config import PACKAGED_CONFIGS
+    from skipseg.engine.stages import load_staged_config, stage_configs
+
+    stages = stage_configs(load_staged_config(PACKAGED_CONFIGS / "deconvnet_voc.yaml"), None)
+    voc = dict(stages)["stage2"].data
+    assert (voc.sampling, voc.proposals, voc.proposal_side, voc.min_iou) == ("proposals", 2000, None, 0.5)
