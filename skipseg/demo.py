@@ -5,12 +5,13 @@ The demo is a list of ordinary `skipseg` command lines run one after another in 
 in OUT/.demo/ and skipped when the demo is started again; an interrupted training resumes.
 
 As every paper fine-tunes an ImageNet classifier, every network here starts from the shipped
-shape-pretrained classifiers (`pretrained: shapes`, made by `skipseg pretrain`): VGG16-BN at width
-1/8 for FCN and DeconvNet, Inception-v3 for the skip study. CPU-sized choices (all in
-`DemoSettings`): the generated data is an easier variant of the default (6 of the 20 classes,
-larger objects, less clutter, 64-px images), and the skip study trains Inception-v3 once without a
-skip, then probes all taps × n on that frozen backbone in one pass (`sweep.mode: probe`): the paper
-trains 22 networks, which a CPU cannot.
+shape-pretrained classifier (`pretrained: shapes`, made by `skipseg pretrain`): VGG16-BN at width
+1/8, for FCN, DeconvNet and the skip study alike. CPU-sized choices (all in `DemoSettings`): the
+generated data is an easier variant of the default (6 of the 20 classes, larger objects, less
+clutter, 64-px images); the skip study runs on that VGG16-BN (`skip_vgg_shapes.yaml`), not on the
+paper's Inception-v3, for which no shape-pretrained file ships (a CPU pretraining of it stayed at
+chance, see the README); and it trains the network once without a skip, then probes all taps × n on
+that frozen backbone in one pass (`sweep.mode: probe`): the paper trains 22 networks.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from skipseg.engine.checkpoint import CHECKPOINT_DIR, STAGES_FILE
 from skipseg.errors import SkipsegError
 
 CONFIGS = PACKAGED_CONFIGS  # inside the package: the demo runs from any installed copy
+SKIP_CONFIG = "skip_vgg_shapes.yaml"  # the skip study on the demo's shipped backbone
 
 
 @dataclass(frozen=True)
@@ -40,19 +42,19 @@ class DemoSettings:
     fcn_iterations: tuple[int, int, int]  # FCN-32s, FCN-16s (from 32s), FCN-8s (from 16s)
     deconv_iterations: tuple[int, int]  # stage 1 (instance crops), stage 2 (proposal crops)
     skip_iterations: tuple[int, int]  # the no-skip backbone run, then the probe of every head
-    skip_input: int  # Inception-v3 input side (at least 75)
-    skip_grid: int
     proposals: int  # K for proposal-wise inference
     proposal_images: int  # val images scored proposal-wise (each costs K crops)
+    # `--min-box`: EdgeBoxes' 1000 px² on a 500x375 VOC image, scaled to the demo's 64x64: 1000·64²/(500·375)
+    proposal_min_box: int = 22
     scene: dict = field(default_factory=lambda: {"min-scale": 0.25, "max-scale": 0.9, "max-objects": 3,
                                                  "clutter": 0.5})
 
 
-FULL = DemoSettings(train_images=1000, val_images=60, size=64, classes=6, fcn_iterations=(1000, 2000, 6000),
-                    deconv_iterations=(500, 1000), skip_iterations=(150, 100), skip_input=95, skip_grid=9,
+FULL = DemoSettings(train_images=3000, val_images=60, size=64, classes=6, fcn_iterations=(1000, 2000, 5000),
+                    deconv_iterations=(500, 1000), skip_iterations=(1000, 600),
                     proposals=50, proposal_images=60)
 QUICK = DemoSettings(train_images=200, val_images=20, size=64, classes=6, fcn_iterations=(100, 100, 200),
-                     deconv_iterations=(50, 50), skip_iterations=(20, 20), skip_input=79, skip_grid=9,
+                     deconv_iterations=(50, 50), skip_iterations=(50, 50),
                      proposals=10, proposal_images=20)
 
 
@@ -94,9 +96,9 @@ def plan(out: Path, settings: DemoSettings, seed: int = 0) -> list[Step]:
 
     scene = [item for key, value in s.scene.items() for item in (f"--{key}", str(value))]
     d1, d2 = s.deconv_iterations
-    skip = [f"model.input_size={s.skip_input}", f"data.resize={s.skip_input}", f"data.crop_size={s.skip_input}",
-            f"model.grid={s.skip_grid}"]
-    proposal_args = ["--proposals", str(s.proposals), "--proposal-cache", str(evals / "proposals"),
+    skip = [f"model.input_size={s.size}", f"data.crop_size={s.size}"]
+    proposal_args = ["--proposals", str(s.proposals), "--min-box", str(s.proposal_min_box),
+                     "--proposal-cache", str(evals / "proposals"),
                      "--max-images", str(s.proposal_images)]
     return [
         Step("data", "generate the data", ["data", "shapes", str(data), "--train", str(s.train_images),
@@ -112,7 +114,7 @@ def plan(out: Path, settings: DemoSettings, seed: int = 0) -> list[Step]:
         *(evaluate(name, [name], out_dir=runs / name / "eval") for name in TRAINED),
         *(evaluate(name, run_names, *proposal_args, *extra) for name, (run_names, extra) in PROPOSAL_EVALS.items()),
         Step("sweep_skip", "skip study: every tap × n probed on the trained backbone",
-             ["sweep", str(CONFIGS / "skip_inception_shapes.yaml"), "--out", str(runs / "skip_inception"), *common,
+             ["sweep", str(CONFIGS / SKIP_CONFIG), "--out", str(runs / "skip_study"), *common,
               *skip, "sweep.mode=probe", f"model.init_from={runs / 'skip_backbone'}",
               f"train.iterations={s.skip_iterations[1]}", f"train.val_every={s.skip_iterations[1]}",
               f"sweep.compare=[{{name: FCN-8s, run: {runs / 'fcn8s' / 'eval'}}}, "
@@ -125,7 +127,7 @@ def report_inputs(out: Path) -> list[str]:
     """What the report compares: the trained runs (curves + their evaluation), the proposal-wise and
     ensemble evaluations, and the skip study."""
     runs, evals = out / "runs", out / "eval"
-    return [*(str(runs / n) for n in TRAINED), *(str(evals / n) for n in PROPOSAL_EVALS), str(runs / "skip_inception")]
+    return [*(str(runs / n) for n in TRAINED), *(str(evals / n) for n in PROPOSAL_EVALS), str(runs / "skip_study")]
 
 
 def write_configs(out: Path) -> None:
@@ -133,10 +135,10 @@ def write_configs(out: Path) -> None:
     train the one network whose backbone the probe then reuses."""
     import yaml
 
-    config = yaml.safe_load((CONFIGS / "skip_inception_shapes.yaml").read_text())
+    config = yaml.safe_load((CONFIGS / SKIP_CONFIG).read_text())
     config.pop("sweep", None)
     (out / "configs").mkdir(parents=True, exist_ok=True)
-    header = "# written by `skipseg demo`: configs/skip_inception_shapes.yaml without its sweep section\n"
+    header = f"# written by `skipseg demo`: configs/{SKIP_CONFIG} without its sweep section\n"
     (out / "configs" / "skip_backbone.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
 
 

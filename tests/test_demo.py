@@ -38,7 +38,7 @@ def test_tiny_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
         assert system in html
     scores = json.loads((out / "eval" / "edeconvnet_crf" / "metrics.json").read_text())
     assert scores["inference"]["crf"] and scores["inference"]["proposals"] == TINY.proposals
-    assert (out / "runs" / "skip_inception" / "report" / "table1.md").is_file()
+    assert (out / "runs" / "skip_study" / "report" / "table1.md").is_file()
     capsys.readouterr()
     run_demo(out, settings=TINY)  # again: every step is skipped
     assert capsys.readouterr().out.count("done earlier") == len(plan(out, TINY))
