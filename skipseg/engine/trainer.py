@@ -74,7 +74,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg)
         self.total_steps = self._total_steps()
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
-        self.scaler = torch.amp.GradScaler(enabled=self.runtime.amp_dtype == torch.float16)
+        # On the device that computes: a GradScaler built for "cuda" (the default) disables itself on a CPU.
+        self.scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.amp_dtype == torch.float16)
         self.step, self.best_miou = 0, -1.0
         if resume:
             self._restore(load_checkpoint(last))
