@@ -12,6 +12,8 @@ from torch import nn
 from skipseg.config import Config, config_from_dict
 from skipseg.engine.checkpoint import load_checkpoint
 from skipseg.engine.runtime import Runtime
+from skipseg.errors import SkipsegError
+from skipseg.models.skipnet import cells_mirror_symmetric
 
 
 def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,
@@ -29,6 +31,12 @@ def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,
     height, width = images.shape[-2:]
     fixed_size = getattr(model, "input_size", None)
     grid = getattr(model, "output_grid", None)  # a model predicting G×G image cells: left as cells
+    if flip and grid is not None and not cells_mirror_symmetric(int(width), grid[1]):
+        # The mirrored image's cell j would not cover the pixels of cell G-1-j: averaging the two
+        # would mix neighbouring cells' predictions.
+        raise SkipsegError(f"--flip: the {grid[1]} cells across a {int(width)}-pixel-wide image are not mirror "
+                           "images of each other (a boundary falls on a half pixel); use an odd grid or "
+                           "another width, or leave out --flip")
     total: torch.Tensor | None = None
     count = 0
     with torch.inference_mode(), runtime.autocast():
@@ -88,8 +96,6 @@ def model_options(config: Config, with_init: bool = True) -> dict[str, Any]:
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image file as an (H, W, 3) uint8 RGB array (any PIL mode converted); unreadable → one-line error."""
     from PIL import Image, UnidentifiedImageError
-
-    from skipseg.errors import SkipsegError
 
     try:
         with Image.open(path) as image:

@@ -85,6 +85,15 @@ def cell_index(length: int, cells: int, device: torch.device | str = "cpu") -> T
     return torch.bucketize(torch.arange(length, device=device), bounds, right=True)
 
 
+def cells_mirror_symmetric(length: int, cells: int) -> bool:
+    """Whether the cells along a side of `length` pixels are the mirror image of each other (cell j
+    of the flipped side covers the pixels of cell G-1-j): always for odd G; for even G unless some
+    boundary i·L/G falls exactly on a half pixel, which rounds up on both sides of the centre
+    (L = 10, G = 4: cells of 3, 2, 3, 2 pixels)."""
+    index = cell_index(length, cells)
+    return bool(torch.equal(index.flip(0), cells - 1 - index))
+
+
 def majority_vote(mask: Tensor, grid: tuple[int, int], num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """`mask [N, H, W]` (labels in [0, C), anything else void) → `[N, G_h, G_w]` int64 cell labels.
 
