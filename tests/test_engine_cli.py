@@ -159,3 +159,38 @@ def test_box_wise_run_is_trained_and_evaluated_on_its_grid(tmp_path, shapes_root
     assert main(["evaluate", str(run), "--out", str(out), "--no-progress", "--workers", "0"]) == 0
     scores = json.loads((out / "metrics.json").read_text())
     assert scores["num_images"] == 4 and 0.0 <= scores["pixel_acc"] <= 1.0
+
+
+def test_predict_gives_the_labels_evaluate_saved(tmp_path, trained_run, shapes_root):
+    """The same run, the same val images: `predict`'s label PNGs equal `evaluate --save-pred`'s."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for name in ("best.pt", "last.pt"):  # random class scores, so that the maps vary within each image
+        path = run / "checkpoints" / name
+        state = torch.load(path, weights_only=True)
+        generator = torch.Generator().manual_seed(0)
+        # pool4's scores alone, centred over its channels: its 3x3 map's features point different ways
+        weight = torch.randn(state["model"]["score_pool4.weight"].shape, generator=generator)
+        state["model"]["score_pool4.weight"] = weight - weight.mean(dim=1, keepdim=True)
+        state["model"]["score_fr.weight"].zero_()
+        torch.save(state, path)
+    trained_run = run
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(trained_run), "--data", str(shapes_root), "--save-pred", "--out", str(out),
+                 "--no-progress", "--workers", "0"]) == 0
+    ids = (shapes_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    images = tmp_path / "images"
+    images.mkdir()
+    for image_id in ids:
+        shutil.copy(next((shapes_root / "JPEGImages").glob(f"{image_id}.*")), images)
+    assert main(["predict", str(trained_run), str(images), "--out", str(tmp_path / "pred"), "--no-progress",
+                 "--workers", "0"]) == 0
+    varied = False
+    for image_id in ids:
+        with Image.open(out / "pred" / f"{image_id}.png") as a, Image.open(tmp_path / "pred" / f"{image_id}.png") as b:
+            saved, predicted = np.array(a), np.array(b)
+        assert np.array_equal(saved, predicted), image_id
+        varied |= len(np.unique(saved)) > 1
+    assert varied  # not a trivially constant map on every image

@@ -142,3 +142,37 @@ def test_probe_sweep_gives_the_separate_sweeps_tables(tmp_path, shapes_root):
     assert scores["mean_iou"] == pytest.approx(metrics["heads"]["tap2_k3"]["mean_iou"])
     assert scores["per_class_iou"] == pytest.approx(metrics["heads"]["tap2_k3"]["per_class_iou"], nan_ok=True)
     assert scores["cross_entropy"] == pytest.approx(metrics["heads"]["tap2_k3"]["cross_entropy"], rel=1e-4)
+
+
+def test_several_adam_steps_of_the_probe_equal_each_head_trained_alone(shapes_root):
+    """Over several optimiser steps (Adam: per-parameter state) the jointly trained heads follow
+    exactly the trajectories they follow alone on the frozen backbone: weights and cross-entropy."""
+    torch.manual_seed(0)
+    probe = build_probe(probe_config(shapes_root), HEADS).train()
+    for head in probe.heads.values():
+        for p in head.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+    alone = {name: SkipNet(probe.backbone, 21, "layer4.1", spec.tap, kernel=spec.kernel or 3, head_channels=8,
+                           grid=5, freeze_backbone=True).train()
+             for name, spec in ((h.name, h) for h in HEADS)}
+    for name, model in alone.items():
+        model.head.load_state_dict(probe.heads[name].state_dict())
+    joint = torch.optim.Adam([p for p in probe.parameters() if p.requires_grad], lr=1e-2)
+    single = {name: torch.optim.Adam(m.head.parameters(), lr=1e-2) for name, m in alone.items()}
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        x, mask = torch.randn(2, 3, 41, 37, generator=generator), torch.randint(0, 21, (2, 41, 37), generator=generator)
+        target = probe.target_from_mask(mask)
+        losses = {n: F.cross_entropy(z, target, ignore_index=255) for n, z in probe(x).items()}
+        joint.zero_grad()
+        sum(losses.values()).backward()
+        joint.step()
+        for name, model in alone.items():
+            loss = F.cross_entropy(model(x), target, ignore_index=255)
+            torch.testing.assert_close(loss, losses[name], rtol=1e-4, atol=1e-5, msg=name)
+            single[name].zero_grad()
+            loss.backward()
+            single[name].step()
+    for name, model in alone.items():
+        for (key, a), b in zip(model.head.named_parameters(), probe.heads[name].parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")

@@ -168,6 +168,7 @@ def _screenshot(html: Path, png: Path) -> np.ndarray:
     return np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="chromium not on PATH (Debian's `chromium`; .ci/run installs it on CI)")
 def test_chromium_shows_tables_and_images(report, tmp_path):
@@ -183,3 +184,17 @@ def test_chromium_shows_tables_and_images(report, tmp_path):
     assert header > 2000, f"table headers: {header} px"
     assert coloured > 50_000 and control_coloured < coloured / 50, (coloured, control_coloured)
     assert non_white > 0.1, non_white
+
+
+def test_report_tables_carry_the_figures_of_metrics_json(report, inputs):
+    """The headline row and the per-class row of an evaluated run are its metrics.json, to the digit."""
+    text = (report / "report.md").read_text()
+    scores = json.loads((inputs["fcn16"] / "eval" / "metrics.json").read_text())
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ")}
+    headline = rows["fcn16s"]
+    assert f"{100 * scores['mean_iou']:.2f}" == headline[0]
+    assert f"{100 * scores['pixel_acc']:.2f}" in headline and f"{100 * scores['mean_acc']:.2f}" in headline
+    per_class = [line for line in text.splitlines() if line.startswith("| background")][0]
+    cells = [c.strip() for c in per_class.split("|")[2:-1]]
+    assert f"{100 * scores['per_class_iou'][0]:.2f}" == cells[0]  # fcn16s is the first system column
