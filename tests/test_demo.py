@@ -28,6 +28,7 @@ def test_every_step_is_a_valid_command(tmp_path, settings):
             assert open(config).read(), config  # the packaged configs exist
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_tiny_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"

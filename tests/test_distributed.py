@@ -22,6 +22,7 @@ def run_skipseg(args: list[str], launcher: list[str]) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_gloo_ranks_match_one_process(tmp_path, shapes_root):
     config = tmp_path / "c.yaml"

@@ -20,6 +20,7 @@ def _package_data() -> list[str]:
     return sorted(str(p.relative_to(ROOT)) for p in found)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_wheel_holds_the_configs_and_shipped_files(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",

@@ -72,6 +72,7 @@ def test_adaptive_pool_matrix_is_torchs_adaptive_average_pooling(size, out):
     assert fc_to_conv(weight, size, 3, out).shape == (4, 3, size, size)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_inception_pretraining_loads_into_the_skip_net_trunk(tmp_path):
     out = tmp_path / "inc.pt"

@@ -15,6 +15,7 @@ from skipseg.errors import SkipsegError
 from test_sweep import tiny_sweep  # the 2-configuration sweep: noskip, tap2_k3
 
 
+@pytest.mark.slow
 def test_local_launcher_runs_reports_a_failure_with_its_log_and_resumes(tmp_path, shapes_root, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what every task inherits
     config, out = tiny_sweep(tmp_path, shapes_root), tmp_path / "out"
