@@ -142,7 +142,10 @@ def test_box_models_are_scored_on_their_cells(monkeypatch):
     model = build_model("skipnet", num_classes=3, tap=2, grid=4, **SMALL).eval()
     torch.nn.init.normal_(model.head.score_top.weight)  # not the zero init: predictions vary
     images = torch.randn(2, 3, 33, 45)
-    assert predict_probs(model, images, CPU, flip=True, scales=(0.75, 1.0)).shape == (2, 3, 4, 4)
+    with pytest.raises(SkipsegError, match="--flip: the 4 cells across a 34-pixel-wide image"):
+        predict_probs(model, images, CPU, flip=True, scales=(0.75, 1.0))  # 45 x 0.75: a boundary at 8.5
+    odd = build_model("skipnet", num_classes=3, tap=2, grid=5, **SMALL).eval()
+    assert predict_probs(odd, images, CPU, flip=True, scales=(0.75, 1.0)).shape == (2, 3, 5, 5)
     probs = predict_probs(model, images, CPU)
     assert probs.shape == (2, 3, 4, 4)  # cells, not upsampled to the image
     masks = torch.randint(0, 3, (2, 33, 45))

@@ -31,12 +31,6 @@ def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,
     height, width = images.shape[-2:]
     fixed_size = getattr(model, "input_size", None)
     grid = getattr(model, "output_grid", None)  # a model predicting G×G image cells: left as cells
-    if flip and grid is not None and not cells_mirror_symmetric(int(width), grid[1]):
-        # The mirrored image's cell j would not cover the pixels of cell G-1-j: averaging the two
-        # would mix neighbouring cells' predictions.
-        raise SkipsegError(f"--flip: the {grid[1]} cells across a {int(width)}-pixel-wide image are not mirror "
-                           "images of each other (a boundary falls on a half pixel); use an odd grid or "
-                           "another width, or leave out --flip")
     total: torch.Tensor | None = None
     count = 0
     with torch.inference_mode(), runtime.autocast():
@@ -45,6 +39,12 @@ def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,
             scaled = images
             if size != (height, width):
                 scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            if flip and grid is not None and not cells_mirror_symmetric(size[1], grid[1]):
+                # The mirrored image's cell j would not cover the pixels of cell G-1-j: averaging
+                # the two would mix neighbouring cells' predictions.
+                raise SkipsegError(f"--flip: the {grid[1]} cells across a {size[1]}-pixel-wide image are not "
+                                   "mirror images of each other (a boundary falls on a half pixel); use an odd "
+                                   "grid or another width, or leave out --flip")
             views = [(scaled, False)] + ([(scaled.flip(-1), True)] if flip else [])
             for view, flipped in views:
                 logits = model(view).float()  # [N, C, h, w]
