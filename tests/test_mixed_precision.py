@@ -7,19 +7,9 @@ import torch
 
 from conftest import tiny_train_config
 from skipseg.engine.checkpoint import load_checkpoint
-from skipseg.engine.logbook import read_metrics
 from skipseg.engine.trainer import Trainer
-
-
-def _losses(run_dir) -> list[float]:
-    return [row["loss"] for row in read_metrics(run_dir) if row["split"] == "train"]
-
-
-def _stop_at(step: int):
-    def callback(trainer, current, loss):
-        if current == step:
-            trainer.request_stop()
-    return callback
+from test_trainer import stop_at as _stop_at
+from test_trainer import train_losses as _losses
 
 
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
