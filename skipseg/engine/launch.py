@@ -117,7 +117,9 @@ def tasks(out: Path, names: list[str], mode: str, env: dict[str, str | None]) ->
 
 
 def _complete(out: Path, name: str) -> bool:
-    return (out / "runs" / name / "metrics.json").is_file()
+    from skipseg.engine.sweep import is_complete  # the sweep's own rule; not at the top (see above)
+
+    return is_complete(out / "runs" / name)
 
 
 def _record(out: Path, launcher: str, jobs: dict[str, Any]) -> None:
