@@ -265,8 +265,7 @@ def build_train_set(config: Config, run_dir: Path) -> Dataset:
             raise SkipsegError(f"data.proposals / data.min_iou: need K >= 1 and 0 < IoU <= 1, got "
                                f"{data.proposals} / {data.min_iou}")
         cache = Path(data.proposal_cache) if data.proposal_cache else run_dir / "proposals"
-        side = data.proposal_side or 1 << 30  # null: the image as it is
-        search = partial(proposals, k=data.proposals, cache_dir=cache, max_side=side)
+        search = partial(proposals, k=data.proposals, cache_dir=cache, max_side=data.proposal_side)
         crops = ProposalCropDataset(base, search, data.min_iou,
                                     extend=data.extend, transforms=transforms, workers=workers)
     return balanced(crops, seed=config.train.seed) if data.balance else crops

@@ -46,16 +46,16 @@ def _libc_srand():
 _SRAND = _libc_srand()
 
 
-def selective_search(image: np.ndarray, method: str = "fast", max_side: int = 200) -> np.ndarray:
+def selective_search(image: np.ndarray, method: str = "fast", max_side: int | None = 200) -> np.ndarray:
     """All selective-search boxes of an (H, W, 3) uint8 RGB image, in rank order, as int64
     (x0, y0, x1, y1) in the image's pixels (x1/y1 exclusive), computed on a copy whose longer side
-    is at most `max_side`."""
+    is at most `max_side` (None: the image as it is)."""
     import cv2
 
     if method not in METHODS:
         raise SkipsegError(f"proposals.method: '{method}' is not one of {', '.join(METHODS)}")
     height, width = image.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(height, width))
     small = np.ascontiguousarray(image[:, :, ::-1])  # OpenCV's colour conversions assume BGR
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -113,7 +113,7 @@ def _cache_key(image: np.ndarray | str | Path, settings: str) -> str:
 
 
 def proposals(image: np.ndarray | str | Path, k: int = 50, cache_dir: str | Path | None = None,
-              method: str = "fast", max_side: int = 200, dedupe_iou: float = 0.9,
+              method: str = "fast", max_side: int | None = 200, dedupe_iou: float = 0.9,
               min_size: int = 10, min_area: int = 0, whole_image: str = "counted") -> np.ndarray:
     """Up to `k` object proposals of an image (an (H, W, 3) uint8 RGB array or a file), best first:
     int64 `[K', 4]` (x0, y0, x1, y1), x1/y1 exclusive, the whole image first (`rank_boxes`).
@@ -127,8 +127,6 @@ def proposals(image: np.ndarray | str | Path, k: int = 50, cache_dir: str | Path
         raise SkipsegError(f"proposals.method: '{method}' is not one of {', '.join(METHODS)}")
     if isinstance(image, (str, Path)) and not Path(image).is_file():
         raise SkipsegError(f"{image}: image file not found")
-    if whole_image not in WHOLE_IMAGE:
-        raise SkipsegError(f"whole_image: '{whole_image}' is not one of {', '.join(WHOLE_IMAGE)}")
     settings = f"{k}|{method}|{max_side}|{dedupe_iou}|{min_size}|{min_area}|{whole_image}"
     path = None
     if cache_dir is not None:
