@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from skipseg.config import config_from_dict, read_yaml
+from skipseg.config import ModelConfig, config_from_dict, read_yaml
 from skipseg.data.voc import open_dataset
 from skipseg.engine.checkpoint import CHECKPOINT_DIR, read_stages
 from skipseg.errors import SkipsegError
@@ -83,16 +83,24 @@ def training_ids(path: str | Path) -> set[str] | None:
     return ids
 
 
+def scored_on_model(model: ModelConfig) -> str:
+    """"cells" for a box-wise grid model (a skip net scored per G×G cell), else "pixels"."""
+    return "cells" if model.name == "skipnet" and (model.mode or "box") == "box" else "pixels"
+
+
 def scored_on(path: str | Path) -> str:
-    """"cells" when the system is a box-wise grid model (scored per G×G cell), else "pixels"."""
+    """`scored_on_model` of the system at `path` (its final run); "pixels" when it cannot be read."""
     for run_dir in run_folders(path)[-1:]:
         try:
-            model = run_config(run_dir).model
+            return scored_on_model(run_config(run_dir).model)
         except (SkipsegError, OSError):
             break
-        if model.name == "skipnet" and (model.mode or "box") == "box":
-            return "cells"
     return "pixels"
+
+
+def overlap_count(trained: set[str] | None, evaluated: set[str] | None) -> int | None:
+    """How many evaluation images are among the training images; None when either is unknown."""
+    return None if trained is None or evaluated is None else len(trained & evaluated)
 
 
 def split_ids(root: str, split: str, sbd_root: str | None = None) -> set[str] | None:

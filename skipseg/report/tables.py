@@ -129,22 +129,25 @@ def table3(records: Sequence[dict], method: str, compare: Sequence[tuple[str, st
            method_train_ids: set[str] | None = None) -> Table:
     """The best configuration, then each compared system (with how many of the evaluation images it
     trained on: `overlap.training_ids`), then optionally the paper's published rows (never "best")."""
-    from skipseg.report.overlap import scored_on, training_ids
+    from skipseg.report.overlap import overlap_count, scored_on, training_ids
+
+    def count(trained: set[str] | None) -> str:
+        found = overlap_count(trained, eval_ids)
+        return MISSING if found is None else str(found)
 
     rows = []
     if records:
         best = max(records, key=_rank)
         which = "no connection" if best.get("label") is None else f"tap {best['label']}, n = {best['kernel']}"
-        own = MISSING if method_train_ids is None or eval_ids is None else str(len(method_train_ids & eval_ids))
-        rows.append([f"{method} ({which})", method_scored_on, own, pct(background_iou(best)), pct(best.get("mean_iou"))])
+        rows.append([f"{method} ({which})", method_scored_on, count(method_train_ids), pct(background_iou(best)),
+                     pct(best.get("mean_iou"))])
     for name, run in compare:
         try:
             found = compare_metrics(run)
         except SkipsegError:  # not trained or evaluated yet: the table still comes out
             rows.append([f"{name} (no metrics in {run})", MISSING, MISSING, MISSING, MISSING])
             continue
-        trained = training_ids(run)
-        overlap = MISSING if trained is None or eval_ids is None else str(len(trained & eval_ids))
+        overlap = count(training_ids(run))
         if overlap not in (MISSING, "0"):
             name = f"{name} (not comparable: trained on {overlap} of the {len(eval_ids or ())} evaluation images)"
         rows.append([name, scored_on(run), overlap, pct(found["background"]), pct(found["mean_iou"])])
@@ -206,7 +209,7 @@ def collect(dirs: Sequence[str | Path], out: str | Path | None = None, score_map
     """Merge the finished runs of `dirs` (sweep folders of the same sweep) into `out` (default the
     first folder's `report/`). Returns `{"report", "tables", "score_maps", "found", "missing"}`."""
     from skipseg.engine.sweep import read_plan, records
-    from skipseg.report.overlap import split_ids
+    from skipseg.report.overlap import scored_on_model, split_ids
     from skipseg.report.score_maps import sweep_score_maps
 
     dirs = [Path(d) for d in dirs]
@@ -226,9 +229,8 @@ def collect(dirs: Sequence[str | Path], out: str | Path | None = None, score_map
     data = config.data
     eval_ids = split_ids(data.val_root or data.root, data.val_split, data.sbd_root)
     train_ids = split_ids(data.root, data.train_split, data.sbd_root)
-    cells = "cells" if (config.model.mode or "box") == "box" else "pixels"
-    tables = write_tables(found, labels, config.sweep.kernels, method, compare, report, note, eval_ids, cells,
-                          config.sweep.published, train_ids)
+    tables = write_tables(found, labels, config.sweep.kernels, method, compare, report, note, eval_ids,
+                          scored_on_model(config.model), config.sweep.published, train_ids)
     maps = sweep_score_maps(config, found, dirs, mode, report / "score_maps") if score_maps and found else []
     summary = {"found": [r["name"] for r in found], "missing": missing, **_train_seconds(dirs, plan, mode)}
     (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
