@@ -98,11 +98,11 @@ def accepted_sets(model_name: str) -> list[str]:
         variants += [{"backbone": arch} for arch in dict.fromkeys(c.backbone for c in cards)
                      if arch != options["backbone"]]
     with torch.device("meta"):
-        paper = getattr(build_model(model_name, num_classes=2).backbone, "paper_weights", None)
-    found = ["imagenet", *(["imagenet_bn"] if paper else [])]
-    for variant in variants:
-        with torch.device("meta"):
-            arch = build_model(model_name, num_classes=2, **variant).backbone.torchvision_arch
+        backbones = [build_model(model_name, num_classes=2, **variant).backbone for variant in variants]
+    # the default build (variants[0]) says whether the model also takes VGG16-BN's ImageNet weights
+    found = ["imagenet", *(["imagenet_bn"] if getattr(backbones[0], "paper_weights", None) else [])]
+    for variant, backbone in zip(variants, backbones):
         flags = "".join(f" {k}={str(v).lower()}" for k, v in variant.items())
-        found += [f"shapes ({arch} width {c.width:g}{flags})" for c in cards if c.backbone == arch]
+        found += [f"shapes ({backbone.torchvision_arch} width {c.width:g}{flags})"
+                  for c in cards if c.backbone == backbone.torchvision_arch]
     return found
