@@ -207,3 +207,26 @@ def test_stage2_proposal_count_and_source_resolution_are_config_keys(shapes, tmp
     stages = stage_configs(load_staged_config(PACKAGED_CONFIGS / "deconvnet_voc.yaml"), None)
     voc = dict(stages)["stage2"].data
     assert (voc.sampling, voc.proposals, voc.proposal_side, voc.min_iou) == ("proposals", 2000, None, 0.5)
+
+
+def test_decoded_cache_keeps_crops_within_its_budget(tmp_path) -> None:
+    """With `cache_bytes` (the trainer's data.cache_mb) each image and each crop is decoded once per
+    process: the same samples as without the cache, and still there once the files are gone."""
+    generate_shapes(tmp_path, train=6, val=2, size=45, seed=3)
+    uncached = InstanceCropDataset(open_dataset(tmp_path, "train"))
+    base = open_dataset(tmp_path, "train")
+    base.cache_bytes = 1 << 20
+    cached = InstanceCropDataset(base)
+    first = [cached.load(i) for i in range(len(cached))]
+    for i, (image, mask) in enumerate(first):
+        want_image, want_mask = uncached.load(i)
+        assert np.array_equal(np.asarray(image), np.asarray(want_image)) and np.array_equal(mask, want_mask)
+    for folder in ("JPEGImages", "SegmentationClass", "SegmentationObject"):
+        for path in (tmp_path / folder).iterdir():
+            path.unlink()
+    again = [cached.load(i) for i in range(len(cached))]
+    assert all(a[0] is b[0] and a[1] is b[1] for a, b in zip(first, again))
+    with pytest.raises(SkipsegError):
+        uncached.load(0)  # no budget: it reads the (deleted) files again
+    base_bytes = sum(image.width * image.height * 4 for image, _ in (base.load(i) for i in range(len(base))))
+    assert base.__dict__["_decoded"].used == base_bytes <= base.cache_bytes

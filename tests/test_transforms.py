@@ -203,3 +203,48 @@ def test_bad_arguments():
         train_transforms(0)
     with pytest.raises(ValueError):
         train_transforms(32, scale_range=(2.0, 1.0))
+
+
+def v2_reference(crop, scale_range, flip, resize):
+    """The training augmentation as a torchvision v2 Compose: what `train_transforms` must equal."""
+    from torchvision.transforms import v2
+
+    fill = {tv_tensors.Image: tuple(round(255 * m) for m in IMAGENET_MEAN), tv_tensors.Mask: 255}
+    steps = [v2.ToDtype({tv_tensors.Image: torch.uint8, "others": None}, scale=True)]
+    steps += [Resize(resize)] if resize is not None else []
+    steps += [RandomScale(scale_range)] if scale_range is not None else []
+    steps += [v2.RandomCrop(crop, pad_if_needed=True, fill=fill)] if crop is not None else []
+    steps += [v2.RandomHorizontalFlip(p=0.5)] if flip else []
+    steps += [v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True),
+              v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))]
+    return v2.Compose(steps)
+
+
+@pytest.mark.parametrize("crop, scale_range, flip, resize", [
+    ((32, 32), (0.5, 2.0), True, None),     # crops of a scaled image, padded when it shrinks below 32
+    ((50, 71), (0.3, 2.5), True, None),     # non-square, both sides padded at times
+    ((64, 64), None, True, (71, 71)),       # DeconvNet's: resize, crop, flip
+    ((45, 61), (0.75, 1.25), False, (51, 47)),
+    (None, (0.5, 1.5), True, None),         # whole images
+])
+def test_train_transforms_equal_the_v2_compose_draw_for_draw(crop, scale_range, flip, resize):
+    """Same random draws, same order, same tensors as the v2 pipeline, so a seed gives the same
+    augmentation whichever of the two runs it (and a resumed run replays it)."""
+    fast = train_transforms(crop, scale_range=scale_range, flip=flip, resize=resize)
+    reference = v2_reference(crop, scale_range, flip, resize)
+    for seed in range(40):
+        image, mask = blocky_pair(45 + seed % 3, 61 - seed % 5, seed=seed)
+        torch.manual_seed(seed)
+        got = fast(image, mask)
+        after_fast = torch.rand(())
+        torch.manual_seed(seed)
+        want = reference(image, mask)
+        assert torch.equal(torch.rand(()), after_fast)  # the RNG advanced by exactly the same draws
+        assert isinstance(got[0], tv_tensors.Image) and isinstance(got[1], tv_tensors.Mask)
+        assert got[0].dtype == want[0].dtype and got[1].dtype == want[1].dtype == torch.int64
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    float_image = image.float() / 255  # a float input is converted to uint8 first, as ToDtype does
+    torch.manual_seed(0)
+    got = fast(tv_tensors.Image(float_image), mask)
+    torch.manual_seed(0)
+    assert torch.equal(got[0], reference(tv_tensors.Image(float_image), mask)[0])

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from skipseg.data.palette import IGNORE_INDEX
 from skipseg.data.transforms import IMAGENET_MEAN
-from skipseg.data.voc import BaseSegmentationDataset, TransformedItems, Transforms
+from skipseg.data.voc import BaseSegmentationDataset, DecodedCache, TransformedItems, Transforms
 from skipseg.errors import SkipsegError
 
 MEAN_PIXEL = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)
@@ -153,9 +153,18 @@ class _CropDataset(TransformedItems, Dataset):
     def _label(self, sample: CropSample, classes: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    @property
+    def cache_bytes(self) -> int:
+        """Crops are deterministic: kept in memory like the base's decoded images, in a budget of the same size."""
+        return getattr(self.base, "cache_bytes", 0)
+
     def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
-        """(cropped RGB image, cropped (h, w) uint8 mask) of sample `index`, before the transforms."""
+        """(cropped RGB image, cropped (h, w) uint8 mask) of sample `index`, before the transforms.
+        Callers must not modify what they get (it may be the cached copy)."""
         sample = self.samples[index]
+        return DecodedCache.of(self).get(sample, lambda: self._crop(sample))
+
+    def _crop(self, sample: CropSample) -> tuple[Image.Image, np.ndarray]:
         image, classes = self.base.load(sample.index)
         mask = self._label(sample, classes)
         window = sample.window

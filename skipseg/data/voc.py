@@ -145,6 +145,31 @@ class TransformedItems:
         return image, mask
 
 
+class DecodedCache:
+    """Decoded samples kept in memory after their first read, up to `dataset.cache_bytes` per process
+    (the trainer sets it from data.cache_mb): a small dataset then decodes each file once per run
+    instead of once per epoch, which on a 2-core machine is CPU the training step gets back.
+    Kept in the dataset's `__dict__`, so a DataLoader worker fills its own copy."""
+
+    def __init__(self, owner: object) -> None:
+        self.owner, self.items, self.used = owner, {}, 0
+
+    @classmethod
+    def of(cls, owner: object) -> "DecodedCache":
+        return owner.__dict__.setdefault("_decoded", cls(owner))
+
+    def get(self, key, decode: Callable[[], tuple[Image.Image, np.ndarray]]) -> tuple[Image.Image, np.ndarray]:
+        """`decode()`'s (image, mask), from memory from the second call on while the budget lasts."""
+        if key in self.items:
+            return self.items[key]
+        image, mask = decode()
+        size = image.width * image.height * 4  # RGB + the uint8 mask
+        if self.used + size <= getattr(self.owner, "cache_bytes", 0):
+            image.load()
+            self.items[key], self.used = (image, mask), self.used + size
+        return image, mask
+
+
 class BaseSegmentationDataset(TransformedItems, Dataset):
     """What every dataset offers. Subclasses set the attributes and the three `*_path` methods."""
 
@@ -153,9 +178,7 @@ class BaseSegmentationDataset(TransformedItems, Dataset):
     ids: list[str]
     class_names: list[str]
     transforms: Transforms | None
-    # Decoded samples kept in memory after their first read, up to this many bytes per process
-    # (the trainer sets it from data.cache_mb): a small dataset then decodes each file once per
-    # run instead of once per epoch, which on a 2-core machine is CPU the training step gets back.
+    # Bytes of decoded samples kept in memory per process (`DecodedCache`); 0: decode every time.
     cache_bytes: int = 0
 
     @property
@@ -182,16 +205,8 @@ class BaseSegmentationDataset(TransformedItems, Dataset):
     def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """(RGB image, (H, W) uint8 class mask), raw; a defect raises the `data check` message.
         Callers must not modify what they get (it may be the cached copy)."""
-        cache = self.__dict__.setdefault("_decoded", {})
-        if index in cache:
-            return cache[index]
-        image, mask = load_sample(self.image_path(index), self.mask_path(index), self.num_classes)
-        size = image.width * image.height * 4  # RGB + the uint8 mask
-        used = self.__dict__.get("_decoded_bytes", 0)
-        if used + size <= self.cache_bytes:
-            image.load()
-            cache[index], self.__dict__["_decoded_bytes"] = (image, mask), used + size
-        return image, mask
+        return DecodedCache.of(self).get(
+            index, lambda: load_sample(self.image_path(index), self.mask_path(index), self.num_classes))
 
     def load_objects(self, index: int) -> np.ndarray:
         """(H, W) uint8 instance mask: 0 background, 1..N objects (255 void in VOC)."""
