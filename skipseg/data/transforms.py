@@ -185,25 +185,37 @@ class TrainAugmentation:
         return image, mask
 
     def _cropped(self, image: torch.Tensor, mask: torch.Tensor | None):
-        """v2.RandomCrop(pad_if_needed=True): a short side is padded by the shortfall on both ends."""
+        """v2.RandomCrop(pad_if_needed=True): a short side is padded by the shortfall on both ends,
+        then a window of the padded image is taken; here the window is cut from the unpadded image
+        into a canvas of the fill (the same pixels, without building the padded image)."""
         crop_height, crop_width = self.crop
         height, width = image.shape[-2:]
         pad_height, pad_width = max(0, crop_height - height), max(0, crop_width - width)
-        if pad_height or pad_width:
-            padding = [pad_width, pad_height, pad_width, pad_height]
-            image = F.pad_image(image, padding, fill=self.fill)
-            mask = F.pad_mask(mask, padding, fill=IGNORE_INDEX) if mask is not None else None
-            height, width = height + 2 * pad_height, width + 2 * pad_width
-        top = int(torch.randint(0, height - crop_height + 1, ())) if height > crop_height else 0
-        left = int(torch.randint(0, width - crop_width + 1, ())) if width > crop_width else 0
-        if height > crop_height or width > crop_width:
-            image = F.crop_image(image, top, left, crop_height, crop_width)
-            mask = F.crop_mask(mask, top, left, crop_height, crop_width) if mask is not None else None
+        padded_height, padded_width = height + 2 * pad_height, width + 2 * pad_width
+        top = int(torch.randint(0, padded_height - crop_height + 1, ())) if padded_height > crop_height else 0
+        left = int(torch.randint(0, padded_width - crop_width + 1, ())) if padded_width > crop_width else 0
+        top, left = top - pad_height, left - pad_width  # in the unpadded image: may be negative
+        image = _window(image, top, left, crop_height, crop_width, self.fill)
+        mask = _window(mask, top, left, crop_height, crop_width, [IGNORE_INDEX]) if mask is not None else None
         return image, mask
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(crop={self.crop}, scale={self.scale}, flip={self.flip}, "
                 f"resize={self.resize})")
+
+
+def _window(tensor: torch.Tensor, top: int, left: int, height: int, width: int, fill: list[int]) -> torch.Tensor:
+    """`tensor[..., top:top + height, left:left + width]` ([C, H, W] or [H, W]) where the window may
+    reach outside; outside pixels get `fill` (one value per channel, or one for a mask)."""
+    rows, cols = tensor.shape[-2:]
+    if top >= 0 and left >= 0 and top + height <= rows and left + width <= cols:
+        return tensor[..., top:top + height, left:left + width]
+    out = torch.empty(tensor.shape[:-2] + (height, width), dtype=tensor.dtype)
+    out[...] = torch.tensor(fill, dtype=tensor.dtype).view(-1, 1, 1) if tensor.ndim == 3 else fill[0]
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + height, rows), min(left + width, cols)
+    if y1 > y0 and x1 > x0:
+        out[..., y0 - top:y1 - top, x0 - left:x1 - left] = tensor[..., y0:y1, x0:x1]
+    return out
 
 
 def train_transforms(
