@@ -6,7 +6,7 @@ import torch
 from bench.confusion_impls import update_rate
 from bench.proposals import crf_seconds, proposal_inference
 from bench.common import Context, add_target, figure
-from skipseg.engine.runtime import make_runtime
+from skipseg.core.runtime import make_runtime
 from skipseg.inference.pipeline import default_proposal_batch
 
 PROPOSAL_TARGET = 3.0  # batched crops ≥ 3× faster than one at a time

@@ -19,9 +19,9 @@ import torch
 from bench.common import ROOT, Context, add_target, figure, stats, time_calls
 from skipseg.config import load_config
 from skipseg.data.transforms import train_transforms
-from skipseg.data.voc import open_dataset
-from skipseg.engine.loading import guarded_batches
-from skipseg.engine.sampling import ResumableBatchSampler, SeededView
+from skipseg.data.datasets import open_dataset
+from skipseg.core.loading import guarded_batches
+from skipseg.core.sampling import ResumableBatchSampler, SeededView
 from skipseg.engine.trainer import Trainer
 
 CONFIG = ROOT / "configs" / "fcn8s_shapes.yaml"

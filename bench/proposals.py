@@ -20,7 +20,7 @@ import torch
 from bench.common import sync
 from skipseg.data.shapes import render_shapes_image
 from skipseg.data.transforms import normalize
-from skipseg.engine.runtime import Runtime
+from skipseg.core.runtime import Runtime
 from skipseg.inference.aggregate import proposal_probs
 from skipseg.inference.crf import CRFParams, dense_crf
 from skipseg.inference.proposals import proposals

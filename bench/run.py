@@ -27,7 +27,7 @@ import torch
 from bench import inference, loader, loop, peak, study, training
 from bench.common import ROOT, Context, contention_check, fmt, machine_info, make_scratch
 from bench.report import markdown, targets
-from skipseg.engine.runtime import resolve_device
+from skipseg.core.runtime import resolve_device
 from skipseg.errors import SkipsegError
 
 PARTS: dict[str, Callable[[Context], dict]] = {

@@ -23,7 +23,7 @@ from skipseg.config import TrainConfig
 from skipseg.data.palette import IGNORE_INDEX
 from skipseg.engine.evaluator import grid_targets
 from skipseg.engine.optim import build_optimizer
-from skipseg.engine.runtime import Runtime, make_runtime
+from skipseg.core.runtime import Runtime, make_runtime
 from skipseg.models import build_model
 
 TRAIN_TARGET, INFER_TARGET = 0.5, 0.6  # FCN-8s: fractions of the matmul peak (issue 8)

@@ -1,4 +1,5 @@
-"""Command line: each subcommand lives in `skipseg.commands.<name>` and maps arguments to a function.
+"""Command line: each subcommand lives in `skipseg.commands.<name>` and maps arguments to a function
+(the command modules import their work lazily, so `skipseg --help` does not load torch).
 
 Errors: a `SkipsegError` (or a missing file) is printed as one line `skipseg: error: ...` with exit
 code 2; the traceback only with `--debug`.
@@ -6,15 +7,15 @@ code 2; the traceback only with `--debug`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import traceback
 from typing import Sequence
 
+from skipseg.commands import data, demo, evaluate, export, models, predict, pretrain, report, score, sweep, train
 from skipseg.errors import SkipsegError
 
 # Command modules, in the order `skipseg --help` lists them. Each defines `register(subparsers)`.
-COMMAND_MODULES = ("demo", "data", "score", "models", "pretrain", "train", "evaluate", "predict", "sweep", "report", "export")
+COMMAND_MODULES = (demo, data, score, models, pretrain, train, evaluate, predict, sweep, report, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,15 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate, compare and explain semantic segmentation networks.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    # A command that runs other command lines (the demo) gets this entry point, not an import of it.
+    parser.set_defaults(run_command=main)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"skipseg.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"skipseg.commands.{name}":
-                continue  # command not built yet
-            raise
+    for module in COMMAND_MODULES:
         module.register(subparsers)
     return parser
 

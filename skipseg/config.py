@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from skipseg.core.rundir import RunDir
 from skipseg.errors import SkipsegError
-from skipseg.inference.crf import CRFParams
 
 
 @dataclass
@@ -107,6 +107,24 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_val_images: int | None = None
     sync_bn: bool = True  # under DDP on GPUs: BatchNorm → SyncBatchNorm (statistics of the global batch)
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    """The dense CRF's kernel widths (pixels / colour levels), Potts weights, iterations and
+    probability floor (`skipseg.inference.crf`; defaults: the DeconvNet reference code's)."""
+
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 20.0
+    bilateral_srgb: float = 3.0
+    bilateral_compat: float = 5.0
+    iterations: int = 10
+    min_prob: float = 1e-8
+
+    def __post_init__(self) -> None:
+        # Built directly too (`--crf-params`, report samples), so it checks itself against RANGES.
+        check_ranges(self, "crf")
 
 
 @dataclass
@@ -209,7 +227,7 @@ RANGES: dict[str, Range] = {
     "train.log_every": Range(ge=1),
     "train.checkpoint_every": Range(ge=1),
     "train.max_val_images": Range(ge=1),
-    # crf: CRFParams (skipseg/inference/crf.py), which checks itself against these too.
+    # crf: CRFParams, which checks itself against these too.
     "crf.gaussian_sxy": Range(gt=0),  # kernel widths (pixels, colour levels)
     "crf.gaussian_compat": Range(ge=0),  # Potts weights
     "crf.bilateral_sxy": Range(gt=0),
@@ -431,11 +449,11 @@ def save_run_config(run_dir: str | Path, config: Any) -> None:
     """Write the resolved config (`config.yaml`, reloadable) and provenance (`meta.json`)."""
     import torch
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     commit = git_commit()
     header = f"# resolved skipseg config; git commit {commit or 'unknown'}\n"
-    (run_dir / "config.yaml").write_text(header + yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    run.config.write_text(header + yaml.safe_dump(config_to_dict(config), sort_keys=False))
     meta = {
         "git_commit": commit,
         "argv": sys.argv,
@@ -443,4 +461,4 @@ def save_run_config(run_dir: str | Path, config: Any) -> None:
         "torch": torch.__version__,
         "host": platform.node(),
     }
-    (run_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    run.meta.write_text(json.dumps(meta, indent=2) + "\n")

@@ -22,9 +22,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from skipseg.config import PACKAGED_CONFIGS
-from skipseg.engine.checkpoint import CHECKPOINT_DIR, STAGES_FILE
+from skipseg.core.rundir import RunDir
 from skipseg.errors import SkipsegError
 
 CONFIGS = PACKAGED_CONFIGS  # inside the package: the demo runs from any installed copy
@@ -113,13 +114,13 @@ def plan(out: Path, settings: DemoSettings, seed: int = 0) -> list[Step]:
               f"stages.stage1.train.val_every={d1}", f"stages.stage2.train.iterations={d2}", f"stages.stage2.train.val_every={d2}"),
         train("skip_backbone", out / "configs" / "skip_backbone.yaml", s.skip_iterations[0], "model.tap=none",
               *skip),
-        *(evaluate(name, [name], out_dir=runs / name / "eval") for name in TRAINED),
+        *(evaluate(name, [name], out_dir=RunDir(runs / name).evaluation) for name in TRAINED),
         *(evaluate(name, run_names, *proposal_args, *extra) for name, (run_names, extra) in PROPOSAL_EVALS.items()),
         Step("sweep_skip", "skip study: every tap × n probed on the trained backbone",
              ["sweep", str(CONFIGS / SKIP_CONFIG), "--out", str(runs / "skip_study"), *common,
               *skip, "sweep.mode=probe", f"model.init_from={runs / 'skip_backbone'}",
               f"train.iterations={s.skip_iterations[1]}", f"train.val_every={s.skip_iterations[1]}",
-              f"sweep.compare=[{{name: FCN-8s, run: {runs / 'fcn8s' / 'eval'}}}, "
+              f"sweep.compare=[{{name: FCN-8s, run: {RunDir(runs / 'fcn8s').evaluation}}}, "
               f"{{name: DeconvNet, run: {evals / 'deconvnet_proposals'}}}, {{name: EDeconvNet, run: {evals / 'edeconvnet'}}}]"]),
         Step("report", "write the report", ["report", *report_inputs(out), "--out", str(out / "report")]),
     ]
@@ -161,17 +162,18 @@ def _check_same_demo(done_dir: Path, identity: dict) -> None:
 def _resumable(step: Step) -> list[str]:
     """A training step whose run folder already holds a checkpoint continues it instead."""
     if step.argv[0] == "train":
-        run_dir = Path(step.argv[step.argv.index("--out") + 1])
-        if (run_dir / CHECKPOINT_DIR / "last.pt").is_file() or (run_dir / STAGES_FILE).is_file():
+        run_dir = RunDir(step.argv[step.argv.index("--out") + 1])
+        if run_dir.last.is_file() or run_dir.stages_file.is_file():
             return ["train", "--resume", str(run_dir)]
     return step.argv
 
 
-def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None = None, seed: int = 0) -> Path:
+def run_demo(out: str | Path, run_command: Callable[[list[str]], int], quick: bool = False,
+             settings: DemoSettings | None = None, seed: int = 0) -> Path:
     """Run every step not yet done (`settings` default: FULL, or QUICK) with `seed`; returns the
-    report's path. A folder made with another seed or settings is refused, not mixed."""
-    from skipseg.cli import main
-
+    report's path. A folder made with another seed or settings is refused, not mixed.
+    `run_command(argv)` runs one `skipseg` command line and returns its exit code: the CLI's own
+    entry point (`skipseg.cli.main`), which the CLI hands to its commands as `args.run_command`."""
     out = Path(out)
     settings = settings or (QUICK if quick else FULL)
     if not CONFIGS.is_dir():
@@ -191,7 +193,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
         argv = _resumable(step)
         print(f"\n{header}  ({time.perf_counter() - start:.0f} s)\n  $ skipseg {shlex.join(argv)}", flush=True)
         began = time.perf_counter()
-        code = main(argv)
+        code = run_command(argv)
         if code != 0:
             raise SkipsegError(f"demo step {number} ({step.title}) failed with exit code {code}; fix the "
                                f"cause and run the demo again: finished steps are kept in {done_dir}")

@@ -12,7 +12,7 @@ import torch
 
 from skipseg.cli import main
 from skipseg.config import config_to_dict, load_config
-from skipseg.engine.checkpoint import load_checkpoint, safe_load, save_checkpoint
+from skipseg.core.checkpoint import load_checkpoint, safe_load, save_checkpoint
 from skipseg.errors import SkipsegError
 from test_engine_cli import TINY
 

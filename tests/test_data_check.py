@@ -9,7 +9,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from skipseg.cli import main
-from skipseg.data.check import DataError, Problem, check_dataset, check_sample
+from skipseg.data.check import DataError, Problem, check_sample
+from skipseg.data.datasets import check_dataset
 from skipseg.data.palette import save_label_png
 from skipseg.data.shapes.render import SceneSpec
 from skipseg.data.voc import SegmentationDataset

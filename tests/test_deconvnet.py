@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models.vgg import make_layers
 
 from skipseg.cli import main
-from skipseg.engine.checkpoint import save_checkpoint
+from skipseg.core.checkpoint import save_checkpoint
 from skipseg.errors import SkipsegError
 from skipseg.models import init as model_init
 from skipseg.models import deconvnet as deconvnet_module

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from skipseg.cli import build_parser
+from skipseg.cli import build_parser, main
 from skipseg.demo import FULL, QUICK, plan, run_demo, write_configs
 
 TINY = dataclasses.replace(QUICK, train_images=12, val_images=3, fcn_iterations=(2, 1, 1), deconv_iterations=(1, 1),
@@ -32,7 +32,7 @@ def test_every_step_is_a_valid_command(tmp_path, settings):
 @pytest.mark.timeout(600)
 def test_tiny_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
-    report = run_demo(out, settings=TINY)
+    report = run_demo(out, main, settings=TINY)
     assert report.is_file() and report.with_suffix(".md").is_file()
     html = report.read_text()
     for system in ("fcn32s", "fcn16s", "fcn8s", "deconvnet"):
@@ -41,5 +41,5 @@ def test_tiny_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert scores["inference"]["crf"] and scores["inference"]["proposals"] == TINY.proposals
     assert (out / "runs" / "skip_study" / "report" / "table1.md").is_file()
     capsys.readouterr()
-    run_demo(out, settings=TINY)  # again: every step is skipped
+    run_demo(out, main, settings=TINY)  # again: every step is skipped
     assert capsys.readouterr().out.count("done earlier") == len(plan(out, TINY))

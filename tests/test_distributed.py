@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from skipseg.engine.checkpoint import load_checkpoint
+from skipseg.core.checkpoint import load_checkpoint
 from skipseg.engine.logbook import read_metrics
 
 ARGS = ["model.width=0.0625", "model.dropout=0", "data.crop_size=32", "data.workers=0", "train.iterations=4",

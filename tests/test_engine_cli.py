@@ -108,7 +108,7 @@ def test_broken_training_image_in_a_worker_is_one_clear_line(tmp_path, shapes_ro
 def test_fixed_input_size_models_get_resized_inputs():
     import torch
 
-    from skipseg.engine.runtime import Runtime
+    from skipseg.core.runtime import Runtime
     from skipseg.inference.predictor import predict_probs
 
     class FixedInput(torch.nn.Module):

@@ -15,7 +15,7 @@ from skipseg.data.instances import (
 )
 from skipseg.data.shapes import generate_shapes
 from skipseg.data.transforms import train_transforms
-from skipseg.data.voc import open_dataset
+from skipseg.data.datasets import open_dataset
 from skipseg.errors import SkipsegError
 from skipseg.inference.proposals import proposals
 

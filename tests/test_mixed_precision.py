@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_train_config
-from skipseg.engine.checkpoint import load_checkpoint
+from skipseg.core.checkpoint import load_checkpoint
 from skipseg.engine.trainer import Trainer
 from test_trainer import stop_at as _stop_at
 from test_trainer import train_losses as _losses

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 from torchvision.models.vgg import make_layers
 
-from skipseg.engine.checkpoint import save_checkpoint
+from skipseg.core.checkpoint import save_checkpoint
 from skipseg.errors import SkipsegError
 from skipseg.models import init as model_init
 from skipseg.models.backbones import VGG16_CFG, scaled

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from skipseg.engine.runtime import make_runtime
+from skipseg.core.runtime import make_runtime
 from skipseg.errors import SkipsegError
 from skipseg.inference.aggregate import proposal_scores
 from skipseg.inference.crf import CRFParams, dense_crf

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from conftest import tiny_train_config
 from skipseg.cli import main
-from skipseg.engine.checkpoint import load_checkpoint
+from skipseg.core.checkpoint import load_checkpoint
 from skipseg.engine.evaluator import evaluate_model
 from skipseg.engine.probe import HeadSpec, build_probe, head_conv, probe_from_run, read_rows
-from skipseg.engine.runtime import Runtime
+from skipseg.core.runtime import Runtime
 from skipseg.models.skipnet import SkipNet
 from test_sweep import tiny_sweep
 
@@ -135,7 +135,7 @@ def test_probe_sweep_gives_the_separate_sweeps_tables(tmp_path, shapes_root):
     alone = SkipNet(probe.backbone, 21, probe.top, "layer1.0", kernel=3, head_channels=8, grid=5)
     alone.head.load_state_dict(probe.heads["tap2_k3"].state_dict())
     from skipseg.data.transforms import eval_transforms
-    from skipseg.data.voc import open_dataset
+    from skipseg.data.datasets import open_dataset
 
     scores = evaluate_model(alone, open_dataset(shapes_root, "val", transforms=eval_transforms()), CPU,
                             workers=0, progress=False)

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from skipseg.data.shapes import render_shapes_image
-from skipseg.engine.runtime import Runtime
+from skipseg.core.runtime import Runtime
 from skipseg.errors import SkipsegError
 from skipseg.inference import proposals as proposals_module
 from skipseg.inference.aggregate import clip_boxes, proposal_probs, proposal_scores

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skipseg.engine import runtime as rt
+from skipseg.core import runtime as rt
 from skipseg.errors import SkipsegError
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from skipseg.engine.sampling import ResumableBatchSampler, SeededView, SizeGroupedBatchSampler
+from skipseg.core.sampling import ResumableBatchSampler, SeededView, SizeGroupedBatchSampler
 
 
 def batches(**kwargs):

@@ -9,10 +9,12 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from skipseg.data.check import DataError, check_dataset
+from skipseg.data.check import DataError
+
+from skipseg.data.datasets import check_dataset
 from skipseg.data.palette import VOC_CLASSES
 from skipseg.data.sbd import SBDDataset, TrainAugDataset, is_sbd_root
-from skipseg.data.voc import open_dataset
+from skipseg.data.datasets import open_dataset
 from skipseg.errors import SkipsegError
 
 

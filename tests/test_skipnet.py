@@ -8,7 +8,7 @@ import torchvision
 
 from skipseg.engine import evaluator
 from skipseg.engine.evaluator import grid_targets
-from skipseg.engine.runtime import Runtime
+from skipseg.core.runtime import Runtime
 from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import predict_probs
 from skipseg.models import build_model, describe_model

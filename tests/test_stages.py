@@ -11,9 +11,10 @@ from torch import nn
 
 from skipseg.cli import main
 from skipseg.config import load_config
-from skipseg.engine.checkpoint import load_checkpoint, resolve_checkpoint, resolve_run_dir
+from skipseg.core.checkpoint import load_checkpoint, resolve_checkpoint
+from skipseg.core.rundir import RunDir
 from skipseg.engine.logbook import read_metrics
-from skipseg.engine.runtime import Runtime, sync_batchnorm
+from skipseg.core.runtime import Runtime, sync_batchnorm
 from skipseg.engine.stages import load_staged_config, run_stages, stage_configs
 from skipseg.engine.trainer import Trainer, build_train_set
 from skipseg.errors import SkipsegError
@@ -103,7 +104,7 @@ def test_two_stages_resume_exactly_and_run_is_the_final_stage(staged_yaml, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     # RUN stands for its final stage: checkpoint resolution, evaluate (CRF from the config), init_from
-    assert resolve_run_dir(straight) == straight / "stage2"
+    assert RunDir(straight).final() == RunDir(straight / "stage2")
     assert resolve_checkpoint(straight, prefer="last") == straight / "stage2" / "checkpoints" / "last.pt"
     model, run_config, _ = model_from_checkpoint(straight, prefer="last")
     assert run_config.data.sampling == "proposals" and model.input_size == (32, 32)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_train_config
-from skipseg.engine.checkpoint import load_checkpoint
+from skipseg.core.checkpoint import load_checkpoint
 from skipseg.engine.logbook import read_metrics
 from skipseg.engine.trainer import Trainer
 from skipseg.errors import SkipsegError

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skipseg.engine.runtime import Runtime
+from skipseg.core.runtime import Runtime
 from skipseg.errors import SkipsegError
 from skipseg.inference.aggregate import crop_batch, proposal_scores
 from skipseg.inference.predictor import predict_probs

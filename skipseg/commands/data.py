@@ -74,7 +74,7 @@ def run_shapes(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from skipseg.data.check import check_dataset
+    from skipseg.data.datasets import check_dataset
 
     if args.num_classes is not None and args.num_classes > 255:
         raise SkipsegError(f"--num-classes {args.num_classes}: at most 255 (255 is the void label)")

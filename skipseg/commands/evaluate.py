@@ -54,9 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from skipseg.data.transforms import eval_transforms
-    from skipseg.data.voc import open_dataset
+    from skipseg.data.datasets import open_dataset
     from skipseg.engine.evaluator import evaluate_dataset, grid_targets
-    from skipseg.engine.runtime import make_runtime
+    from skipseg.core.rundir import RunDir
+    from skipseg.core.runtime import make_runtime
     from skipseg.errors import SkipsegError
     from skipseg.inference.pipeline import InferenceOptions, make_probs_fn
     from skipseg.inference.predictor import model_from_checkpoint
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     options = InferenceOptions(
         flip=args.flip, scales=scales, proposals=args.proposals, aggregate=args.aggregate,
         proposal_extend=args.proposal_extend, min_box=args.min_box, whole_image=args.whole_image,
-        proposal_batch=args.proposal_batch, proposal_cache=Path(args.proposal_cache or out / "proposals"),
+        proposal_batch=args.proposal_batch, proposal_cache=Path(args.proposal_cache or RunDir(out).proposals),
         proposal_runs=parse_indices(args.proposal_runs, "--proposal-runs"),
         crf=parse_crf(args.crf_params, first_config.crf) if args.crf or args.crf_params else None,
     )
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                                "crf": options.crf is not None}
         if options.crf is not None:
             scores["crf_params"] = dataclasses.asdict(options.crf)  # the first run's `crf:` + --crf-params
-        (out / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+        RunDir(out).scores.write_text(json.dumps(scores, indent=2) + "\n")
         print(format_table(scores))
-        print(f"metrics → {out / 'metrics.json'}")
+        print(f"metrics → {RunDir(out).scores}")
     return 0

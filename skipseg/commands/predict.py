@@ -39,7 +39,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from skipseg.engine.runtime import make_runtime
+    from skipseg.core.runtime import make_runtime
     from skipseg.inference.batch_predict import predict_files
     from skipseg.inference.predictor import model_from_checkpoint
 

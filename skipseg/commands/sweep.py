@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _report(dirs: list[str], out: str | None, score_maps: bool = True) -> None:
-    from skipseg.report.tables import collect
+    from skipseg.report.study import collect
 
     from skipseg.engine.launch import known_logs
 
@@ -62,6 +62,7 @@ def _report(dirs: list[str], out: str | None, score_maps: bool = True) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from skipseg.core.rundir import PROBE_RUN, SweepDir
     from skipseg.engine import sweep
     from skipseg.errors import SkipsegError
 
@@ -90,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     index, count = sweep.parse_shard(args.shard)
     mode = config.sweep.mode
     todo = sweep.pending(plan, mode, index, count)
-    names = [sweep.PROBE_RUN] if mode == "probe" and todo else [r.name for r in todo]
-    left = [n for n in names if not sweep.is_complete(out / "runs" / n)]
+    names = [PROBE_RUN] if mode == "probe" and todo else [r.name for r in todo]
+    left = [n for n in names if not SweepDir(out).run(n).is_complete]
     print(f"sweep {out}: {len(plan)} configurations, {mode} mode; this shard {index}/{count}: "
           f"{len(names)} run(s), {len(names) - len(left)} already complete")
     if options is not None and left:
@@ -122,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"stopped in {run.name}; run the same command again to continue")
                 return 130
             print(f"  mIoU {100 * (metrics['mean_iou'] or 0):.2f}, {metrics.get('train_seconds', 0):.1f} s")
-    every = [sweep.PROBE_RUN] if mode == "probe" else [r.name for r in plan]
-    if all(sweep.is_complete(out / "runs" / n) for n in every):
+    every = [PROBE_RUN] if mode == "probe" else [r.name for r in plan]
+    if all(SweepDir(out).run(n).is_complete for n in every):
         if not args.no_report:
             _report([str(out)], None, not args.no_score_maps)
     else:

@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from skipseg.config import load_config
+    from skipseg.core.rundir import RunDir
+    from skipseg.core.runtime import shutdown_distributed
     from skipseg.engine import stages
-    from skipseg.engine.runtime import shutdown_distributed
     from skipseg.engine.trainer import Trainer
     from skipseg.errors import SkipsegError
 
@@ -37,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
             raise SkipsegError("train --resume RUN takes the config from RUN/config.yaml; drop the config argument")
         run_dir = Path(args.resume)
         if stages.is_staged(run_dir):
-            return _run_staged(stages.load_staged_config(run_dir / stages.STAGES_YAML, overrides), run_dir,
+            return _run_staged(stages.load_staged_config(RunDir(run_dir).stages_config, overrides), run_dir,
                                True, args)
-        config = load_config(run_dir / "config.yaml", overrides)
+        config = load_config(RunDir(run_dir).config, overrides)
     else:
         if not args.config or not args.out:
             raise SkipsegError("train needs a CONFIG.yaml and --out RUN (or --resume RUN)")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_staged(config, run_dir: Path, resume: bool, args: argparse.Namespace) -> int:
-    from skipseg.engine.runtime import init_distributed, shutdown_distributed
+    from skipseg.core.runtime import init_distributed, shutdown_distributed
     from skipseg.engine.stages import run_stages
 
     rank, _ = init_distributed(config.train.device)

@@ -6,9 +6,7 @@ problems, so a sample that fails to load names the same defect, word for word, t
 """
 from __future__ import annotations
 
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,84 +252,9 @@ def load_object_mask(object_path: str | Path, image_path: str | Path | None = No
 
 
 # --- whole datasets ---------------------------------------------------------------------------------
-def _check_entry(entry: tuple[Path, Path, Path | None], num_classes: int | None) -> list[Problem]:
+def check_entry(entry: tuple[Path, Path, Path | None], num_classes: int | None) -> list[Problem]:
     image_path, mask_path, object_path = entry
     image, _, problems = _inspect_sample(image_path, mask_path, num_classes)
     if object_path is not None:
         problems += check_object_mask(object_path, image.size if image is not None else None)
     return problems
-
-
-def check_dataset(
-    root: str | Path,
-    split: str | None = None,
-    sbd_root: str | Path | None = None,
-    num_classes: int | None = None,
-    workers: int | None = None,
-) -> list[Problem]:
-    """Every problem of a dataset (VOC layout, SBD or train_aug), in file order, each reported once.
-
-    `split=None` checks every split listed in `ImageSets/Segmentation` (for SBD: train and val; with
-    `sbd_root`, SBD's splits too). `num_classes` defaults to the dataset's class count. Files are
-    fully decoded, `workers` threads at a time (default: up to 8).
-    """
-    from skipseg.data import sbd, voc  # the datasets import this module
-
-    problems: list[Problem] = []
-    datasets: list[voc.BaseSegmentationDataset] = []
-
-    def attempt(build) -> None:
-        try:
-            datasets.append(build())
-        except DataError as exc:  # a broken split list or class list: report it, check the rest
-            problems.extend(exc.problems)
-
-    class_names: list[str] | None = list(voc.VOC_CLASSES)
-    if sbd.is_sbd_root(root):
-        if split == "train_aug":
-            raise SkipsegError(f"{root}: train_aug needs the VOC folder as ROOT and SBD as --sbd-root")
-        splits = [split] if split else sbd.list_splits(root)
-        if not splits:
-            problems.append(Problem(str(sbd.find_sbd_root(root)), "no split files (train.txt, val.txt)"))
-        for name in splits:
-            attempt(lambda name=name: sbd.SBDDataset(root, name))
-    else:
-        voc_root = voc.find_voc_root(root)
-        try:
-            class_names = voc.read_class_names(voc_root)
-        except DataError as exc:
-            problems.extend(exc.problems)
-            class_names = None
-        names = class_names or list(voc.VOC_CLASSES)
-        if split == "train_aug":
-            if sbd_root is None:
-                raise SkipsegError("train_aug needs the SBD folder too (--sbd-root DIR)")
-            attempt(lambda: sbd.TrainAugDataset(voc_root, sbd_root=sbd_root, class_names=names))
-        else:
-            splits = [split] if split else voc.list_splits(voc_root)
-            if not splits:
-                problems.append(Problem(str(voc_root / voc.SPLIT_DIR), "no split files (*.txt)"))
-            for name in splits:
-                attempt(lambda name=name: voc.SegmentationDataset(voc_root, name, class_names=names))
-            if sbd_root is not None and split is None:
-                for name in sbd.list_splits(sbd_root):
-                    attempt(lambda name=name: sbd.SBDDataset(sbd_root, name, class_names=names))
-
-    if num_classes is None and class_names is not None:
-        num_classes = len(class_names)
-    # A sample listed in several splits (train and trainval) is checked once.
-    entries: dict[tuple[Path, Path, Path | None], None] = {}
-    for dataset in datasets:
-        for index in range(len(dataset)):
-            objects = dataset.object_path(index) if dataset.has_objects else None
-            entries[(dataset.image_path(index), dataset.mask_path(index), objects)] = None
-
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    if workers > 1 and len(entries) > 1:
-        with ThreadPoolExecutor(workers) as pool:  # decoding releases the GIL
-            results = list(pool.map(lambda entry: _check_entry(entry, num_classes), entries))
-    else:
-        results = [_check_entry(entry, num_classes) for entry in entries]
-    for result in results:
-        problems.extend(result)
-    return list(dict.fromkeys(problems))  # same file under two ids/splits: once

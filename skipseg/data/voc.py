@@ -9,7 +9,7 @@ Layout (VOC as distributed, or made by `skipseg data shapes`, or by hand)::
     ROOT/classes.txt                      optional: line i = name of class i (default: the VOC 21)
 
 ROOT may also be `VOCdevkit` or the folder holding it. SBD and train_aug (`skipseg.data.sbd`) provide
-the same interface; `open_dataset` picks the right one.
+the same interface; `skipseg.data.datasets.open_dataset` picks the right one.
 """
 from __future__ import annotations
 
@@ -249,24 +249,3 @@ class SegmentationDataset(BaseSegmentationDataset):
 
     def object_path(self, index: int) -> Path:
         return self.root / OBJECT_DIR / f"{self.ids[index]}.png"
-
-
-def open_dataset(
-    root: str | Path,
-    split: str,
-    transforms: Transforms | None = None,
-    sbd_root: str | Path | None = None,
-) -> BaseSegmentationDataset:
-    """A VOC-layout folder, SBD (ROOT holding `cls/` or `dataset/cls/`), or `train_aug` (VOC + SBD)."""
-    from skipseg.data import sbd  # sbd builds on this module
-
-    if split == "train_aug":
-        if sbd_root is None:
-            raise SkipsegError(
-                "split train_aug is VOC train + SBD minus VOC val: give the SBD folder too "
-                "(sbd_root / --sbd-root)"
-            )
-        return sbd.TrainAugDataset(root, sbd_root=sbd_root, transforms=transforms)
-    if sbd.is_sbd_root(root):
-        return sbd.SBDDataset(root, split, transforms=transforms)
-    return SegmentationDataset(root, split, transforms=transforms)

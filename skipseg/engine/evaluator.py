@@ -12,9 +12,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from skipseg.data.palette import save_label_png
-from skipseg.engine.loading import guarded_batches
-from skipseg.engine.runtime import Runtime
-from skipseg.engine.sampling import SizeGroupedBatchSampler
+from skipseg.core.loading import guarded_batches
+from skipseg.core.runtime import Runtime
+from skipseg.core.sampling import SizeGroupedBatchSampler
 from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import predict_probs
 from skipseg.metrics import ConfusionMatrix, CrossEntropyMeter

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skipseg.core.rundir import SweepDir
 from skipseg.errors import SkipsegError
 
 LAUNCHERS = ("local", "slurm")
@@ -110,16 +111,14 @@ class SweepTask:
 def tasks(out: Path, names: list[str], mode: str, env: dict[str, str | None]) -> list[SweepTask]:
     """One task per run name (probe mode: the one probe run), each with its own copy of `env`."""
     out = out.absolute()  # a SLURM task may start in another folder
-    base = [sys.executable, "-m", "skipseg", "sweep", str(out / "sweep.yaml"), "--out", str(out), "--no-progress"]
+    base = [sys.executable, "-m", "skipseg", "sweep", str(SweepDir(out).config), "--out", str(out), "--no-progress"]
     if mode == "probe":
         return [SweepTask(name, base + ["--no-report"], dict(env)) for name in names]
     return [SweepTask(name, base + ["--only", name], dict(env)) for name in names]
 
 
 def _complete(out: Path, name: str) -> bool:
-    from skipseg.engine.sweep import is_complete  # the sweep's own rule; not at the top (see above)
-
-    return is_complete(out / "runs" / name)
+    return SweepDir(out).run(name).is_complete
 
 
 def _record(out: Path, launcher: str, jobs: dict[str, Any]) -> None:

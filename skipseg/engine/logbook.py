@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from skipseg.core.rundir import RunDir
+
 COLUMNS = ("iteration", "split", "loss", "lr", "images_per_s", "pixel_acc", "mean_acc", "mean_iou", "fw_iou", "top1",
            "cross_entropy")
 
@@ -13,7 +15,7 @@ class Logbook:
     checkpoint's iteration (written after it, then lost in a crash) are dropped first."""
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True) -> None:
-        self.path = Path(run_dir) / "metrics.csv"
+        self.path = RunDir(run_dir).log
         if resume_step is not None and self.path.exists():
             with self.path.open() as handle:
                 rows = [row for row in csv.DictReader(handle) if int(row["iteration"]) <= resume_step]
@@ -24,7 +26,7 @@ class Logbook:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+            self.writer = SummaryWriter(str(RunDir(run_dir).tensorboard), purge_step=resume_step)
 
     def _write(self, rows: list[dict], mode: str) -> None:
         with self.path.open(mode, newline="") as handle:
@@ -48,7 +50,7 @@ class Logbook:
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """metrics.csv as dicts with numbers converted (empty cells → None)."""
-    with (Path(run_dir) / "metrics.csv").open() as handle:
+    with RunDir(run_dir).log.open() as handle:
         rows = list(csv.DictReader(handle))
     out = []
     for row in rows:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from skipseg.config import Config, apply_overrides, config_from_dict
 from skipseg.data.shapes.objects import CLASS_NAMES, ObjectClassification, ObjectImages
-from skipseg.engine.checkpoint import save_checkpoint
+from skipseg.core.checkpoint import save_checkpoint
 from skipseg.engine.trainer import Trainer
 from skipseg.errors import SkipsegError
 from skipseg.models.classifiers import build_pretrain_classifier, pretrain_archs

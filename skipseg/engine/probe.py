@@ -30,15 +30,15 @@ from tqdm import tqdm
 from skipseg.config import Config, config_from_dict
 from skipseg.data.palette import IGNORE_INDEX
 from skipseg.engine.evaluator import image_sizes
-from skipseg.engine.loading import guarded_batches
-from skipseg.engine.runtime import Runtime
-from skipseg.engine.sampling import SizeGroupedBatchSampler
+from skipseg.core.loading import guarded_batches
+from skipseg.core.rundir import RunDir
+from skipseg.core.runtime import Runtime
+from skipseg.core.sampling import SizeGroupedBatchSampler
 from skipseg.engine.trainer import Trainer
 from skipseg.inference.predictor import model_options
 from skipseg.metrics import ConfusionMatrix, CrossEntropyMeter
 from skipseg.models.skipnet import GridPredictor, SkipHead, resample
 
-PROBE_FILE = "probe.json"
 logger = logging.getLogger(__name__)
 
 
@@ -223,10 +223,10 @@ def build_probe(config: Config, heads: Sequence[HeadSpec], with_init: bool = Tru
 
 def probe_from_run(run_dir: str | Path, prefer: str = "last") -> ProbeNet:
     """Rebuild a trained probe run (config.yaml's model, probe.json's heads, the checkpoint)."""
-    from skipseg.engine.checkpoint import load_checkpoint
+    from skipseg.core.checkpoint import load_checkpoint
 
     state = load_checkpoint(run_dir, prefer)
-    heads = [HeadSpec(**h) for h in json.loads((Path(run_dir) / PROBE_FILE).read_text())["heads"]]
+    heads = [HeadSpec(**h) for h in json.loads(RunDir(run_dir).probe_file.read_text())["heads"]]
     model = build_probe(config_from_dict(state["config"]), heads, with_init=False)
     model.load_state_dict(state["model"])
     return model.eval()
@@ -239,7 +239,7 @@ class ProbeTrainer(Trainer):
         self.heads = list(heads)
         super().__init__(config, run_dir, **kwargs)
         if self.runtime.is_main:
-            (self.run_dir / PROBE_FILE).write_text(json.dumps({"heads": [asdict(h) for h in self.heads]}, indent=2))
+            self.folder.probe_file.write_text(json.dumps({"heads": [asdict(h) for h in self.heads]}, indent=2))
         self.last_scores: dict[str, dict] | None = None
 
     def build_model(self) -> nn.Module:

@@ -11,7 +11,7 @@ lays out
                       previous stage's `checkpoints/last.pt` (its `model.init_from`)
 
 Wherever a run folder is taken (evaluate, predict, `init_from`), RUN stands for its final stage
-(`checkpoint.resolve_run_dir`). Started again (the same command, or `train --resume RUN`), completed
+(`RunDir.final`). Started again (the same command, or `train --resume RUN`), completed
 stages are skipped and the unfinished one resumes exactly from its `last.pt`.
 
 Overrides: `key=value` sets the key in the base config and in every stage that sets it too (the
@@ -30,12 +30,11 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from skipseg.config import Config, apply_overrides, config_from_dict, config_to_dict, read_yaml
-from skipseg.engine.checkpoint import CHECKPOINT_DIR, STAGES_FILE, read_stages
-from skipseg.engine.runtime import barrier, init_distributed
+from skipseg.core.rundir import RunDir
+from skipseg.core.runtime import barrier, init_distributed
 from skipseg.engine.trainer import StepCallback, Trainer
 from skipseg.errors import SkipsegError
 
-STAGES_YAML = "stages.yaml"
 STAGE_SECTIONS = ("data", "train")  # what a stage may change; the model stays (its weights carry over)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -93,9 +92,10 @@ def load_staged_config(path: str | Path, overrides: Sequence[str] = ()) -> Stage
     config = config_from_dict(data, StagedConfig, source)
     names = [stage.name for stage in config.stages]
     for i, name in enumerate(names):
-        if not _NAME.fullmatch(name) or name in (CHECKPOINT_DIR, "proposals"):
+        taken = (RunDir.checkpoints.name, RunDir.proposals.name)
+        if not _NAME.fullmatch(name) or name in taken:
             raise SkipsegError(f"{source}: key 'stages[{i}].name' must be a folder name (letters, digits, "
-                               f"_ . -), not {CHECKPOINT_DIR} or proposals; got {name!r}")
+                               f"_ . -), not {' or '.join(taken)}; got {name!r}")
         if names.count(name) > 1:
             raise SkipsegError(f"{source}: stage name {name!r} is used twice")
     stage_configs(config, None, source)  # every stage's keys and types checked now, not hours later
@@ -116,13 +116,13 @@ def stage_configs(config: StagedConfig, out: str | Path | None, source: str = "c
                 raise SkipsegError(f"{source}: key 'stages[{i}].{section}' must be a mapping, got {changes!r}")
             merged[section].update(changes)
         if i > 0 and out is not None:
-            merged["model"]["init_from"] = str(Path(out) / result[-1][0] / CHECKPOINT_DIR / "last.pt")
+            merged["model"]["init_from"] = str(RunDir(out).stage(result[-1][0]).last)
         result.append((stage.name, config_from_dict(merged, Config, f"{source}, stage '{stage.name}'")))
     return result
 
 
 def is_staged(run_dir: str | Path) -> bool:
-    return read_stages(run_dir) is not None
+    return RunDir(run_dir).read_stages() is not None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -136,9 +136,10 @@ def prepare(config: StagedConfig, out: str | Path, resume: bool = False, write: 
     returns the marker. `resume` accepts a changed config (e.g. `train --resume RUN data.workers=0`)."""
     out = Path(out)
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
-    existing = out / STAGES_YAML
-    marker = read_stages(out)
-    if marker is None and ((out / "config.yaml").is_file() or (out / CHECKPOINT_DIR).is_dir()):
+    run = RunDir(out)
+    existing = run.stages_config
+    marker = run.read_stages()
+    if marker is None and run.holds_run():
         raise SkipsegError(f"{out}: holds a single (unstaged) run; choose another --out")
     if not resume and existing.is_file() and existing.read_text() != text:
         raise SkipsegError(f"{out}: holds a staged run of another config (see {existing}); choose another --out "
@@ -149,7 +150,7 @@ def prepare(config: StagedConfig, out: str | Path, resume: bool = False, write: 
     if write:
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(existing, text)
-        _write_atomic(out / STAGES_FILE, json.dumps(marker, indent=2) + "\n")
+        _write_atomic(run.stages_file, json.dumps(marker, indent=2) + "\n")
     return marker
 
 
@@ -169,9 +170,9 @@ def run_stages(config: StagedConfig, out: str | Path, *, resume: bool = False, p
             say(f"[{position}/{len(plan)}] {name}: complete, skipped")
             results.append({"name": name, "skipped": True})
             continue
-        stage_dir = out / name
-        resumed = (stage_dir / CHECKPOINT_DIR / "last.pt").is_file()
-        trainer = Trainer(stage_config, stage_dir, resume=resumed, progress=progress, callbacks=callbacks)
+        stage_dir = RunDir(out).stage(name)
+        resumed = stage_dir.last.is_file()
+        trainer = Trainer(stage_config, stage_dir.path, resume=resumed, progress=progress, callbacks=callbacks)
         data = stage_config.data
         say(f"[{position}/{len(plan)}] {name}: {len(trainer.train_set)} training samples ({data.sampling}"
             f"{', balanced' if data.balance else ''}), {trainer.total_steps} iterations"
@@ -184,5 +185,5 @@ def run_stages(config: StagedConfig, out: str | Path, *, resume: bool = False, p
             return {"stopped": True, "stages": results, "final": out / marker["final"]}
         marker["completed"].append(name)
         if rank == 0:
-            _write_atomic(out / STAGES_FILE, json.dumps(marker, indent=2) + "\n")
+            _write_atomic(RunDir(out).stages_file, json.dumps(marker, indent=2) + "\n")
     return {"stopped": False, "stages": results, "final": out / marker["final"]}

@@ -28,12 +28,12 @@ from pathlib import Path
 import yaml
 
 from skipseg.config import Config, config_to_dict, load_config
+from skipseg.core.rundir import PROBE_RUN, SweepDir
 from skipseg.engine.evaluator import evaluate_model
 from skipseg.engine.probe import HeadSpec, ProbeTrainer, evaluate_heads
 from skipseg.engine.trainer import Trainer
 from skipseg.errors import SkipsegError
 
-PROBE_RUN = "probe"
 
 
 @dataclass
@@ -141,31 +141,27 @@ def shard(plan: list[PlannedRun], index: int, count: int) -> list[PlannedRun]:
 
 def prepare(config: SweepConfig, out: str | Path) -> list[PlannedRun]:
     """Write DIR/sweep.yaml and DIR/plan.json (or check that DIR holds this very sweep)."""
-    out = Path(out)
+    sweep = SweepDir(out)
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
-    existing = out / "sweep.yaml"
+    existing = sweep.config
     if existing.is_file() and existing.read_text() != text:
         raise SkipsegError(f"{out}: holds a sweep of another config (see {existing}); choose another --out")
     plan = expand(config)
     names, top = tap_list(config)
-    out.mkdir(parents=True, exist_ok=True)
+    sweep.path.mkdir(parents=True, exist_ok=True)
     if not existing.is_file():
         _write_atomic(existing, text)
-    _write_atomic(out / "plan.json", json.dumps({"mode": config.sweep.mode, "tap_names": names, "top": top,
+    _write_atomic(sweep.plan, json.dumps({"mode": config.sweep.mode, "tap_names": names, "top": top,
                                                  "runs": [dataclasses.asdict(r) for r in plan]}, indent=2))
     return plan
 
 
 def read_plan(out: str | Path) -> tuple[SweepConfig, list[PlannedRun]]:
-    out = Path(out)
-    if not (out / "plan.json").is_file():
-        raise SkipsegError(f"{out}: not a sweep folder (no plan.json)")
-    plan = [PlannedRun(**r) for r in json.loads((out / "plan.json").read_text())["runs"]]
-    return load_sweep_config(out / "sweep.yaml"), plan
-
-
-def is_complete(run_dir: Path) -> bool:
-    return (run_dir / "metrics.json").is_file()
+    sweep = SweepDir(out)
+    if not sweep.plan.is_file():
+        raise SkipsegError(f"{out}: not a sweep folder (no {SweepDir.plan.name})")
+    plan = [PlannedRun(**r) for r in json.loads(sweep.plan.read_text())["runs"]]
+    return load_sweep_config(sweep.config), plan
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -195,11 +191,11 @@ def _train(trainer: Trainer) -> tuple[dict | None, dict]:
 
 def run_separate(config: SweepConfig, run: PlannedRun, out: str | Path, progress: bool = True) -> dict | None:
     """Train and evaluate one planned run (resuming it if interrupted); its metrics, or None if stopped."""
-    run_dir = Path(out) / "runs" / run.name
-    if is_complete(run_dir):
-        return json.loads((run_dir / "metrics.json").read_text())
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
-    trainer = _SweepTrainer(run_config(config, run), run_dir, resume=resume, progress=progress)
+    run_dir = SweepDir(out).run(run.name)
+    if run_dir.is_complete:
+        return json.loads(run_dir.scores.read_text())
+    resume = run_dir.last.is_file()
+    trainer = _SweepTrainer(run_config(config, run), run_dir.path, resume=resume, progress=progress)
     result, seconds = _train(trainer)
     if result is None:
         return None
@@ -209,19 +205,19 @@ def run_separate(config: SweepConfig, run: PlannedRun, out: str | Path, progress
                                 workers=config.data.workers, class_names=trainer.val_set.class_names, progress=progress)
     metrics = {**scores, **dataclasses.asdict(run), "iterations": trainer.step, **seconds, "resumed": resume}
     if trainer.runtime.is_main:
-        _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        _write_atomic(run_dir.scores, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
 def run_probe(config: SweepConfig, plan: list[PlannedRun], out: str | Path, progress: bool = True) -> dict | None:
     """Train every planned configuration's head at once on the frozen backbone (`probe.py`)."""
-    run_dir = Path(out) / "runs" / PROBE_RUN
-    if is_complete(run_dir):
-        return json.loads((run_dir / "metrics.json").read_text())
+    run_dir = SweepDir(out).run(PROBE_RUN)
+    if run_dir.is_complete:
+        return json.loads(run_dir.scores.read_text())
     heads = [HeadSpec(r.name, r.tap, r.kernel) for r in plan]
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    resume = run_dir.last.is_file()
     base = Config(model=config.model, data=config.data, train=config.train)
-    trainer = ProbeTrainer(base, run_dir, heads, resume=resume, progress=progress)
+    trainer = ProbeTrainer(base, run_dir.path, heads, resume=resume, progress=progress)
     result, seconds = _train(trainer)
     if result is None:
         return None
@@ -233,7 +229,7 @@ def run_probe(config: SweepConfig, plan: list[PlannedRun], out: str | Path, prog
     metrics = {"heads": {name: {**s, **runs[name]} for name, s in scores.items()}, "iterations": trainer.step,
                **seconds, "resumed": resume}
     if trainer.runtime.is_main:
-        _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        _write_atomic(run_dir.scores, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -243,13 +239,13 @@ def records(dirs: list[Path], plan: list[PlannedRun], mode: str) -> tuple[list[d
     found: dict[str, dict] = {}
     for folder in dirs:
         if mode == "probe":
-            path = folder / "runs" / PROBE_RUN / "metrics.json"
+            path = SweepDir(folder).run(PROBE_RUN).scores
             if path.is_file():
                 for name, scores in json.loads(path.read_text())["heads"].items():
                     found.setdefault(name, scores)
         else:
             for run in plan:
-                path = folder / "runs" / run.name / "metrics.json"
+                path = SweepDir(folder).run(run.name).scores
                 if run.name not in found and path.is_file():
                     found[run.name] = json.loads(path.read_text())
     return [found[r.name] for r in plan if r.name in found], [r.name for r in plan if r.name not in found]
@@ -269,13 +265,13 @@ def run_jobs(out: Path, runs: list[PlannedRun], jobs: int) -> list[str]:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
 
     def one(run: PlannedRun) -> str | None:
-        run_dir = out / "runs" / run.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "skipseg", "sweep", str(out / "sweep.yaml"), "--out", str(out),
+        run_dir = SweepDir(out).run(run.name)
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "skipseg", "sweep", str(SweepDir(out).config), "--out", str(out),
                    "--only", run.name, "--no-progress"]
-        with (run_dir / "sweep.log").open("a") as log:
+        with run_dir.sweep_log.open("a") as log:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-        return None if code == 0 and is_complete(run_dir) else run.name
+        return None if code == 0 and run_dir.is_complete else run.name
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return [name for name in pool.map(one, runs) if name is not None]

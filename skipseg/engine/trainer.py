@@ -24,14 +24,15 @@ from tqdm import tqdm
 from skipseg.config import Config, config_to_dict, save_run_config
 from skipseg.data.palette import IGNORE_INDEX
 from skipseg.data.transforms import eval_transforms, train_transforms
-from skipseg.data.voc import open_dataset
-from skipseg.engine.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from skipseg.data.datasets import open_dataset
+from skipseg.core.checkpoint import load_checkpoint, save_checkpoint
+from skipseg.core.rundir import RunDir
 from skipseg.engine.evaluator import evaluate_model, grid_targets
-from skipseg.engine.loading import guarded_batches
+from skipseg.core.loading import guarded_batches
 from skipseg.engine.logbook import Logbook
 from skipseg.engine.optim import build_optimizer, build_scheduler
-from skipseg.engine.runtime import Runtime, all_reduce_sum, make_runtime, seed_step, sync_batchnorm
-from skipseg.engine.sampling import ResumableBatchSampler, SeededView
+from skipseg.core.runtime import Runtime, all_reduce_sum, make_runtime, seed_step, sync_batchnorm
+from skipseg.core.sampling import ResumableBatchSampler, SeededView
 from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import model_options
 
@@ -50,10 +51,11 @@ class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  callbacks: tuple[StepCallback, ...] = ()) -> None:
         self.config, self.run_dir, self.progress, self.callbacks = config, Path(run_dir), progress, callbacks
+        self.folder = RunDir(run_dir)
         self.stop_requested = False
         cfg = config.train
         self.runtime: Runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
-        last = self.run_dir / CHECKPOINT_DIR / "last.pt"
+        last = self.folder.last
         if not resume and last.exists():
             raise SkipsegError(f"{self.run_dir}: already holds a run; resume it with --resume {self.run_dir} "
                                "or choose another --out")
@@ -121,7 +123,7 @@ class Trainer:
 
     def save(self, name: str = "last.pt") -> None:
         if self.runtime.is_main:
-            save_checkpoint(self.run_dir / CHECKPOINT_DIR / name, self._state())
+            save_checkpoint(self.folder.checkpoint(name), self._state())
 
     def request_stop(self) -> None:
         """Finish the current step, save `last.pt` and return (what SIGINT/SIGTERM do)."""
@@ -162,7 +164,7 @@ class Trainer:
         loss = (all_reduce_sum(total) / denominator).item()
         if not math.isfinite(loss):
             raise SkipsegError(f"{self.run_dir}: loss became {loss} at iteration {self.step + 1}; stopped. "
-                               f"The last good checkpoint is {self.run_dir / CHECKPOINT_DIR / 'last.pt'} "
+                               f"The last good checkpoint is {self.folder.last} "
                                "(lower train.lr or check the data)")
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -264,7 +266,7 @@ def build_train_set(config: Config, run_dir: Path) -> Dataset:
         if data.proposals < 1 or not 0.0 < data.min_iou <= 1.0:
             raise SkipsegError(f"data.proposals / data.min_iou: need K >= 1 and 0 < IoU <= 1, got "
                                f"{data.proposals} / {data.min_iou}")
-        cache = Path(data.proposal_cache) if data.proposal_cache else run_dir / "proposals"
+        cache = Path(data.proposal_cache) if data.proposal_cache else RunDir(run_dir).proposals
         search = partial(proposals, k=data.proposals, cache_dir=cache, max_side=data.proposal_side)
         crops = ProposalCropDataset(base, search, data.min_iou,
                                     extend=data.extend, transforms=transforms, workers=workers)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from skipseg.engine.runtime import Runtime
+from skipseg.core.runtime import Runtime
 from skipseg.errors import SkipsegError
 
 AGGREGATES = ("max", "sum")

@@ -13,9 +13,9 @@ from tqdm import tqdm
 
 from skipseg.data.palette import save_label_png
 from skipseg.data.transforms import normalize
-from skipseg.engine.loading import guarded_batches
-from skipseg.engine.runtime import Runtime
-from skipseg.engine.sampling import SizeGroupedBatchSampler
+from skipseg.core.loading import guarded_batches
+from skipseg.core.runtime import Runtime
+from skipseg.core.sampling import SizeGroupedBatchSampler
 from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import overlay, predict_probs, read_rgb_tensor
 

@@ -7,31 +7,12 @@ reference code: Gaussian sxy 3, compat 3; bilateral sxy 20, srgb 3, compat 5; 10
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from skipseg.config import CRFParams
 from skipseg.errors import SkipsegError
 
-
-@dataclass(frozen=True)
-class CRFParams:
-    """Kernel widths (pixels / colour levels), Potts weights, iterations, probability floor."""
-
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 20.0
-    bilateral_srgb: float = 3.0
-    bilateral_compat: float = 5.0
-    iterations: int = 10
-    min_prob: float = 1e-8
-
-    def __post_init__(self) -> None:
-        # Built directly too (`--crf-params`, report samples), so it checks itself, against the
-        # config's RANGES ("crf.*"); imported here since skipseg.config imports this module.
-        from skipseg.config import check_ranges
-
-        check_ranges(self, "crf")
+__all__ = ["CRFParams", "dense_crf"]
 
 
 def dense_crf(probs: np.ndarray, image: np.ndarray, params: CRFParams | None = None) -> np.ndarray:

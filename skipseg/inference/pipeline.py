@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from skipseg.engine.runtime import Runtime
+from skipseg.core.runtime import Runtime
 from skipseg.errors import SkipsegError
 from skipseg.inference.crf import CRFParams
 from skipseg.inference.predictor import predict_probs, read_rgb

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from skipseg.config import Config, config_from_dict
-from skipseg.engine.checkpoint import load_checkpoint
-from skipseg.engine.runtime import Runtime
+from skipseg.core.checkpoint import load_checkpoint
+from skipseg.core.runtime import Runtime
 from skipseg.errors import SkipsegError
 from skipseg.models.skipnet import cells_mirror_symmetric
 
@@ -62,7 +62,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,
 def model_from_checkpoint(run_or_checkpoint: str | Path, runtime: Runtime | None = None,
                           prefer: str = "best") -> tuple[nn.Module, Config, dict[str, Any]]:
     """Rebuild a trained model from a run folder or checkpoint file, in eval mode (a staged run's
-    folder stands for its final stage: `checkpoint.resolve_run_dir`).
+    folder stands for its final stage: `RunDir.final`).
 
     Weights come from the checkpoint, so ImageNet/init options of the original config are dropped.
     """

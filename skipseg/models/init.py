@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from skipseg.engine.checkpoint import load_checkpoint, load_error, resolve_checkpoint, safe_load
+from skipseg.core.checkpoint import load_checkpoint, load_error, resolve_checkpoint, safe_load
 from skipseg.errors import SkipsegError, UnsafeFileError
 from skipseg.models.pretrained import shapes_weights
 

@@ -2,7 +2,7 @@
 OUT/report.md (the tables). `headline_table(paths)`: the comparison as Markdown, nothing written.
 
 Sections: the comparison (summary figures, per-class IoU), the skip study (Tables 1-3 and score
-maps of each sweep, through `tables.collect`, written to OUT/sweeps/), training curves, the
+maps of each sweep, through `study.collect`, written to OUT/sweeps/), training curves, the
 confusion matrix of the best system, sample predictions, and notes on anything left out.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _existing_score_maps(dirs: Sequence[Path]) -> list[Path] | None:
 
 def sweep_section(dirs: Sequence[Path], out: Path, index: int) -> Section:
     """Tables 1-3 and the score maps of one sweep (its shards merged)."""
-    from skipseg.report.tables import collect
+    from skipseg.report.study import collect
 
     existing = _existing_score_maps(dirs)
     result = collect(list(dirs), out / "sweeps" / f"{index}_{dirs[0].name}", score_maps=existing is None)

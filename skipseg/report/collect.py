@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from skipseg.engine.checkpoint import STAGES_FILE
+from skipseg.core.rundir import PROBE_RUN, RunDir, SweepDir
 from skipseg.errors import SkipsegError
 
 SCORE_KEYS = ("mean_iou", "pixel_acc", "mean_acc", "fw_iou")
@@ -80,20 +80,21 @@ def kind_of(path: Path) -> str:
     if not path.exists():
         raise SkipsegError(f"{path}: no such file or folder")
     if path.is_file():
-        if path.name == "metrics.json" and "runs" in read_json(path):
+        if path.name == RunDir.scores.name and "runs" in read_json(path):
             return "evaluation"
         raise SkipsegError(f"{path}: give a folder (training run, `skipseg evaluate --out` or sweep), "
                            "or an evaluation's metrics.json")
-    if (path / "plan.json").is_file():
+    run = RunDir(path)
+    if SweepDir(path).plan.is_file():
         return "sweep"
-    if (path / STAGES_FILE).is_file():
+    if run.stages_file.is_file():
         return "run"
-    if (path / "config.yaml").is_file() and (path / "metrics.csv").is_file():
+    if run.config.is_file() and run.log.is_file():
         return "run"
-    if (path / "metrics.json").is_file():
-        if "runs" in read_json(path / "metrics.json"):
+    if run.scores.is_file():
+        if "runs" in read_json(run.scores):
             return "evaluation"
-        raise SkipsegError(f"{path / 'metrics.json'}: has no \"runs\" and {path} holds no config.yaml + "
+        raise SkipsegError(f"{run.scores}: has no \"runs\" and {path} holds no config.yaml + "
                            "metrics.csv: neither an evaluation nor a training run")
     raise SkipsegError(f"{path}: not a training run (config.yaml + metrics.csv), an evaluation "
                        "(metrics.json with \"runs\") or a sweep folder (plan.json)")
@@ -140,9 +141,7 @@ def _resolve(entry: str, base: Path) -> Path:
 
 def _key(path: Path) -> Path:
     """What identifies a run: its folder (a staged run's: its final stage's), resolved."""
-    from skipseg.engine.checkpoint import resolve_run_dir
-
-    return resolve_run_dir(run_folder(path)).resolve()
+    return RunDir(run_folder(path)).final().path.resolve()
 
 
 def _inference(scores: dict) -> dict:
@@ -155,7 +154,7 @@ def _inference(scores: dict) -> dict:
 
 def evaluation_system(path: Path) -> System:
     """The row of a `skipseg evaluate --out` folder (or its metrics.json)."""
-    file = path if path.is_file() else path / "metrics.json"
+    file = path if path.is_file() else RunDir(path).scores
     scores = _scores(file)
     entries = scores.get("runs")
     if not isinstance(entries, list) or not entries:
@@ -164,7 +163,7 @@ def evaluation_system(path: Path) -> System:
     inference = _inference(scores)
     label = "+".join(run_name(r) for r in runs) + inference_suffix(inference)
     return System(label, scores, file, runs, inference, scores.get("split"),
-                  proposal_cache=file.parent / "proposals")
+                  proposal_cache=RunDir(file.parent).proposals)
 
 
 def _log(folder: Path) -> list[dict]:
@@ -173,19 +172,18 @@ def _log(folder: Path) -> list[dict]:
     try:
         return read_metrics(folder)
     except (KeyError, ValueError) as exc:
-        raise SkipsegError(f"{folder / 'metrics.csv'}: not a skipseg training log ({type(exc).__name__}: {exc})"
+        raise SkipsegError(f"{RunDir(folder).log}: not a skipseg training log ({type(exc).__name__}: {exc})"
                            ) from None
 
 
 def training_run(path: Path) -> tuple[list[TrainingRun], System | None]:
     """A training run's logs (one per stage of a staged run) and its own evaluation's row (or None)."""
-    from skipseg.engine.checkpoint import read_stages, resolve_run_dir
-
-    stages = read_stages(path)
+    run = RunDir(path)
+    stages = run.read_stages()
     folders = [(path.name, path)] if stages is None else [(f"{path.name}/{n}", path / n) for n in stages["stages"]]
-    logs = [TrainingRun(name, folder, _log(folder)) for name, folder in folders if (folder / "metrics.csv").is_file()]
-    final = resolve_run_dir(path)
-    candidates = (path / "eval" / "metrics.json", final / "eval" / "metrics.json", final / "metrics.json")
+    logs = [TrainingRun(name, folder, _log(folder)) for name, folder in folders if RunDir(folder).log.is_file()]
+    final = run.final()
+    candidates = (RunDir(run.evaluation).scores, RunDir(final.evaluation).scores, final.scores)
     for file in (f for f in dict.fromkeys(candidates) if f.is_file()):
         scores = _scores(file)
         if len(scores.get("runs") or []) > 1:  # RUN/eval holds an ensemble: label it as one
@@ -195,7 +193,7 @@ def training_run(path: Path) -> tuple[list[TrainingRun], System | None]:
         inference = _inference(scores)
         label = path.name if model == path else run_name(model)
         return logs, System(label + inference_suffix(inference), scores, file, [model], inference,
-                            scores.get("split"), proposal_cache=file.parent / "proposals")
+                            scores.get("split"), proposal_cache=RunDir(file.parent).proposals)
     return logs, None
 
 
@@ -207,12 +205,12 @@ def last_validation(path: Path, logs: Sequence[TrainingRun]) -> System | None:
         return None
     scores = {k: val[-1][k] for k in SCORE_KEYS}
     return System(f"{path.name} (last validation, iteration {val[-1]['iteration']})", scores,
-                  final.folder / "metrics.csv", [path])
+                  RunDir(final.folder).log, [path])
 
 
 def sweep_best(dirs: Sequence[Path]) -> tuple[System | None, TrainingRun | None]:
     """The best configuration of a sweep as a row, and the log of the run that trained it."""
-    from skipseg.engine.sweep import PROBE_RUN, read_plan, records
+    from skipseg.engine.sweep import read_plan, records
 
     config, plan = read_plan(dirs[0])
     mode = config.sweep.mode
@@ -223,12 +221,12 @@ def sweep_best(dirs: Sequence[Path]) -> tuple[System | None, TrainingRun | None]
     which = "no connection" if best.get("label") is None else f"tap {best['label']}, n = {best['kernel']}"
     label = f"skipnet {config.model.backbone or 'inception_v3'}: {which}"
     name = PROBE_RUN if mode == "probe" else best["name"]
-    folder = next(d / "runs" / name for d in dirs if (d / "runs" / name / "metrics.json").is_file())
-    system = System(label, best, folder / "metrics.json", [folder], split=config.data.val_split,
+    run = next(SweepDir(d).run(name) for d in dirs if SweepDir(d).run(name).is_complete)
+    system = System(label, best, run.scores, [run.path], split=config.data.val_split,
                     head=best["name"] if mode == "probe" else None, prefer="last")
     log = None
-    if (folder / "metrics.csv").is_file():
-        log = TrainingRun(label + (" (probe: best head)" if mode == "probe" else ""), folder, _log(folder))
+    if run.log.is_file():
+        log = TrainingRun(label + (" (probe: best head)" if mode == "probe" else ""), run.path, _log(run.path))
     return system, log
 
 
@@ -254,9 +252,11 @@ def gather(paths: Sequence[str | Path]) -> Inputs:
         path = Path(raw)
         kind = kind_of(path)
         if kind == "sweep":
-            if not (path / "sweep.yaml").is_file():
-                raise SkipsegError(f"{path / 'sweep.yaml'}: missing (a sweep folder holds plan.json and sweep.yaml)")
-            same_sweep = (path / "plan.json").read_text() + (path / "sweep.yaml").read_text()
+            sweep = SweepDir(path)
+            if not sweep.config.is_file():
+                raise SkipsegError(f"{sweep.config}: missing (a sweep folder holds {SweepDir.plan.name} and "
+                                   f"{SweepDir.config.name})")
+            same_sweep = sweep.plan.read_text() + sweep.config.read_text()
             sweeps.setdefault(same_sweep, (position, []))[1].append(path)
         elif kind == "run":
             runs.append((position, path, *training_run(path)))

@@ -14,12 +14,11 @@ import logging
 from pathlib import Path
 
 from skipseg.config import ModelConfig, config_from_dict, read_yaml
-from skipseg.data.voc import open_dataset
-from skipseg.engine.checkpoint import CHECKPOINT_DIR, read_stages
+from skipseg.data.datasets import open_dataset
+from skipseg.core.rundir import RunDir
 from skipseg.errors import SkipsegError
 
 logger = logging.getLogger(__name__)
-RUN_CONFIG = "config.yaml"
 
 
 def run_folders(path: str | Path) -> list[Path]:
@@ -28,13 +27,13 @@ def run_folders(path: str | Path) -> list[Path]:
     if path.is_file() and path.suffix == ".json":
         return _runs_of_metrics(path)
     if path.is_file():  # a checkpoint: RUN/checkpoints/NAME.pt
-        return run_folders(path.parent.parent) if path.parent.name == CHECKPOINT_DIR else []
-    stages = read_stages(path) if path.is_dir() else None
+        return run_folders(path.parent.parent) if path.parent.name == RunDir.checkpoints.name else []
+    stages = RunDir(path).read_stages() if path.is_dir() else None
     if stages is not None:
         return [path / name for name in stages["stages"]]
-    if (path / RUN_CONFIG).is_file():
+    if RunDir(path).config.is_file():
         return [path]
-    for metrics in (path / "metrics.json", path / "eval" / "metrics.json"):
+    for metrics in RunDir(path).scores_anywhere:
         if metrics.is_file():
             return _runs_of_metrics(metrics)
     return []
@@ -45,13 +44,14 @@ def _runs_of_metrics(metrics: Path) -> list[Path]:
         runs = json.loads(metrics.read_text()).get("runs") or []
     except ValueError:
         return []
-    if not runs and (metrics.parent / RUN_CONFIG).is_file():  # a run's own final evaluation
+    if not runs and RunDir(metrics.parent).config.is_file():  # a run's own final evaluation
         return [metrics.parent]
     return [folder for run in runs for folder in run_folders(run)]
 
 
 def run_config(run_dir: Path):
-    return config_from_dict(read_yaml(run_dir / RUN_CONFIG), source=str(run_dir / RUN_CONFIG))
+    config = RunDir(run_dir).config
+    return config_from_dict(read_yaml(config), source=str(config))
 
 
 def training_ids(path: str | Path) -> set[str] | None:

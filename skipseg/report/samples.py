@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skipseg.core.rundir import RunDir
 from skipseg.errors import SkipsegError, UnsafeFileError
 from skipseg.report.collect import System
 
@@ -56,7 +57,7 @@ class Models:
         from skipseg.engine.probe import probe_from_run
 
         model = self.runtime.prepare_model(HeadOf(probe_from_run(path, prefer), head))
-        return model.eval(), load_config(path / "config.yaml")
+        return model.eval(), load_config(RunDir(path).config)
 
 
 def _options(system: System):
@@ -89,8 +90,8 @@ def sample_panels(systems: Sequence[System], count: int, data: str | Path | None
                   split: str | None = None, device: str = "auto") -> tuple[bytes | None, list[str]]:
     """The sample figure (PNG bytes, None when nothing could be shown) and notes on what was left out."""
     from skipseg.data.transforms import eval_transforms
-    from skipseg.data.voc import open_dataset
-    from skipseg.engine.runtime import make_runtime
+    from skipseg.data.datasets import open_dataset
+    from skipseg.core.runtime import make_runtime
     from skipseg.inference.pipeline import make_probs_fn
     from skipseg.inference.predictor import overlay
     from skipseg.report.figures import sample_figure

@@ -105,8 +105,9 @@ def score_map_figure(samples: Sequence[Sample], maps_fn: MapsFn, class_names: Se
 
 def sweep_score_maps(config, records: Sequence[dict], dirs: Sequence[Path], mode: str, out_dir: Path) -> list[Path]:
     """A figure per connection (its best n) of a finished sweep, into `out_dir`."""
+    from skipseg.core.rundir import PROBE_RUN, SweepDir
+    from skipseg.data.datasets import open_dataset
     from skipseg.data.transforms import eval_transforms
-    from skipseg.data.voc import open_dataset
     from skipseg.engine.probe import probe_from_run
     from skipseg.inference.predictor import model_from_checkpoint
     from skipseg.report.tables import best_by_tap
@@ -122,12 +123,12 @@ def sweep_score_maps(config, records: Sequence[dict], dirs: Sequence[Path], mode
     for label, rec in best_by_tap(records).items():
         name = rec["name"]
         if mode == "probe":
-            folder = next(d for d in dirs if (d / "runs" / "probe" / "metrics.json").is_file())
-            probe = probe if probe is not None else probe_from_run(folder / "runs" / "probe")
+            run = next(SweepDir(d).run(PROBE_RUN) for d in dirs if SweepDir(d).run(PROBE_RUN).is_complete)
+            probe = probe if probe is not None else probe_from_run(run.path)
             maps = model_maps(probe, name)
         else:
-            folder = next(d for d in dirs if (d / "runs" / name / "metrics.json").is_file())
-            model, _, _ = model_from_checkpoint(folder / "runs" / name, prefer="last")
+            run = next(SweepDir(d).run(name) for d in dirs if SweepDir(d).run(name).is_complete)
+            model, _, _ = model_from_checkpoint(run.path, prefer="last")
             maps = model_maps(model)
         what = "no connection: z of the top" if label is None else f"tap {label} ({rec['tap']}), n = {rec['kernel']}: z"
         written.append(score_map_figure(samples, maps, dataset.class_names, f"{what} per class",

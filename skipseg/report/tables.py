@@ -1,5 +1,5 @@
-"""Tables 1-3 of the skip study as Markdown and CSV, from the runs' final metrics; `collect` merges
-the run folders of one or more sweep folders (shards) into a report (tables + score maps).
+"""Tables 1-3 of the skip study as Markdown and CSV, from the runs' final metrics (`report.study`
+merges a sweep's run folders into them).
 
 Table 1: mIoU per connection (its best n), with the validation cross-entropy (nats per cell or pixel;
 not in the paper: it still ranks heads whose argmax has not left the class prior). Table 2
@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from skipseg.core.rundir import RunDir
 from skipseg.errors import SkipsegError
 
 Table = tuple[list[str], list[list[str]]]
@@ -98,20 +99,18 @@ def compare_metrics(path: str | Path) -> dict:
     this sweep, `skipseg evaluate --out`), or a training run's metrics.csv (last validation; its
     background IoU is not logged there)."""
     path = Path(path)
-    candidates = [path] if path.is_file() else [path / "metrics.json", path / "eval" / "metrics.json"]
+    candidates = [path] if path.is_file() else list(RunDir(path).scores_anywhere)
     for candidate in candidates:
         if candidate.is_file() and candidate.suffix == ".json":
             scores = json.loads(candidate.read_text())
             return {"mean_iou": scores.get("mean_iou"), "background": background_iou(scores), "source": str(candidate)}
-    from skipseg.engine.checkpoint import resolve_run_dir
-
-    path = resolve_run_dir(path) if path.is_dir() else path  # a staged run: its final stage
-    if (path / "metrics.csv").is_file():
+    run = RunDir(path).final() if path.is_dir() else RunDir(path)  # a staged run: its final stage
+    if run.log.is_file():
         from skipseg.engine.logbook import read_metrics
 
-        val = [row for row in read_metrics(path) if row["split"] == "val"]
+        val = [row for row in read_metrics(run.path) if row["split"] == "val"]
         if val:
-            return {"mean_iou": val[-1]["mean_iou"], "background": None, "source": str(path / "metrics.csv")}
+            return {"mean_iou": val[-1]["mean_iou"], "background": None, "source": str(run.log)}
     raise SkipsegError(f"{path}: no metrics.json (run `skipseg evaluate RUN --out {path}`) or validated metrics.csv")
 
 
@@ -203,50 +202,3 @@ def write_tables(records: Sequence[dict], labels: Sequence[str | None], kernels:
     (out_dir / "tables.md").write_text("\n\n".join(s for s in sections if s) + "\n")
     paths["tables"] = out_dir / "tables.md"
     return paths
-
-
-def collect(dirs: Sequence[str | Path], out: str | Path | None = None, score_maps: bool = True) -> dict:
-    """Merge the finished runs of `dirs` (sweep folders of the same sweep) into `out` (default the
-    first folder's `report/`). Returns `{"report", "tables", "score_maps", "found", "missing"}`."""
-    from skipseg.engine.sweep import read_plan, records
-    from skipseg.report.overlap import scored_on_model, split_ids
-    from skipseg.report.score_maps import sweep_score_maps
-
-    dirs = [Path(d) for d in dirs]
-    config, plan = read_plan(dirs[0])
-    for other in dirs[1:]:
-        if read_plan(other)[1] != plan:
-            raise SkipsegError(f"{other}: holds another sweep than {dirs[0]} (plan.json differs)")
-    mode = config.sweep.mode
-    found, missing = records(dirs, plan, mode)
-    report = Path(out) if out else dirs[0] / "report"
-    labels = list(dict.fromkeys(r.label for r in plan))
-    backbone = config.model.backbone or "inception_v3"
-    method = f"skipnet on {backbone} ({config.model.mode or 'box'}-wise, {mode} runs)"
-    note = (f"{len(found)} of {len(plan)} configurations found"
-            + (f"; missing: {', '.join(missing)}" if missing else "") + f". Sweep folders: {', '.join(map(str, dirs))}.")
-    compare = [(c.name, c.run) for c in config.sweep.compare]
-    data = config.data
-    eval_ids = split_ids(data.val_root or data.root, data.val_split, data.sbd_root)
-    train_ids = split_ids(data.root, data.train_split, data.sbd_root)
-    tables = write_tables(found, labels, config.sweep.kernels, method, compare, report, note, eval_ids,
-                          scored_on_model(config.model), config.sweep.published, train_ids)
-    maps = sweep_score_maps(config, found, dirs, mode, report / "score_maps") if score_maps and found else []
-    summary = {"found": [r["name"] for r in found], "missing": missing, **_train_seconds(dirs, plan, mode)}
-    (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return {"report": report, "tables": tables, "score_maps": maps, **summary}
-
-
-def _train_seconds(dirs: Sequence[Path], plan, mode: str) -> dict[str, float]:
-    """Total training wall and CPU time of the runs found (what probe mode is measured against)."""
-    names = ["probe"] if mode == "probe" else [r.name for r in plan]
-    total = {"train_seconds": 0.0, "train_cpu_seconds": 0.0}
-    for name in names:
-        for folder in dirs:
-            path = folder / "runs" / name / "metrics.json"
-            if path.is_file():
-                metrics = json.loads(path.read_text())
-                for key in total:
-                    total[key] += metrics.get(key) or 0.0
-                break
-    return total

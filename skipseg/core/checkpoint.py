@@ -4,7 +4,7 @@ A checkpoint is a dict with at least `model` (state_dict) and `config` (the reso
 plain dict); training checkpoints add optimiser, scheduler, grad-scaler, step and best mIoU (no RNG or
 data-order state: both are functions of (seed, step), see `trainer`).
 A staged run (`skipseg train` of a config with `stages:`) is a folder of stage run folders with a
-`stages.json` marker; as a run it stands for its final stage (`resolve_run_dir`).
+`stages.json` marker; as a run it stands for its final stage (`RunDir.final`).
 
 Run folders are shared, so a checkpoint is untrusted input: it holds only tensors, dicts, lists,
 numbers and strings, is read with `torch.load(weights_only=True)` (`safe_load`), and a file that
@@ -24,10 +24,9 @@ from typing import Any
 
 import torch
 
+from skipseg.core.rundir import RunDir
 from skipseg.errors import SkipsegError, UnsafeFileError
 
-CHECKPOINT_DIR = "checkpoints"
-STAGES_FILE = "stages.json"  # {"stages": [names in order], "final": name, "completed": [names]}
 SAFE_LOAD_NOTE = ("skipseg loads checkpoints and weights files with torch.load(weights_only=True) "
                   "and never runs code from them")
 _PLAIN = (bool, int, float, str, bytes, type(None))  # exact types: numpy scalars subclass float
@@ -107,26 +106,6 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
         raise load_error(path, what, exc) from None
 
 
-def read_stages(run_dir: str | Path) -> dict | None:
-    """The `stages.json` marker of a staged run folder, or None for any other folder."""
-    marker = Path(run_dir) / STAGES_FILE
-    if not marker.is_file():
-        return None
-    try:
-        stages = json.loads(marker.read_text())
-        if not isinstance(stages["final"], str) or not isinstance(stages["stages"], list):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        raise SkipsegError(f"{marker}: not a readable staged-run marker") from None
-    return stages
-
-
-def resolve_run_dir(run_dir: str | Path) -> Path:
-    """A run folder as it is; a staged run's folder → its final stage's run folder (`RUN/<final>`)."""
-    stages = read_stages(run_dir)
-    return Path(run_dir) if stages is None else Path(run_dir) / stages["final"]
-
-
 def resolve_checkpoint(run_or_checkpoint: str | Path, prefer: str = "best") -> Path:
     """A checkpoint file from a file path or a run folder (`RUN/checkpoints/{best,last}.pt`; a staged
     run's folder: its final stage's)."""
@@ -134,18 +113,19 @@ def resolve_checkpoint(run_or_checkpoint: str | Path, prefer: str = "best") -> P
     if path.is_file():
         return path
     if path.is_dir():
-        stages = read_stages(path)
-        run_dir = resolve_run_dir(path)
+        run = RunDir(path)
+        stages = run.read_stages()
         order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
         for name in order:
-            candidate = run_dir / CHECKPOINT_DIR / name
+            candidate = run.final().checkpoint(name)
             if candidate.is_file():
                 return candidate
         if stages is not None:
             done = ", ".join(stages.get("completed", [])) or "none"
             raise SkipsegError(f"{path}: staged run whose final stage '{stages['final']}' has no checkpoint yet "
                                f"(completed stages: {done}); continue it with skipseg train --resume {path}")
-        raise SkipsegError(f"{path}: no {CHECKPOINT_DIR}/best.pt or {CHECKPOINT_DIR}/last.pt in this run folder")
+        folder = RunDir.checkpoints.name
+        raise SkipsegError(f"{path}: no {folder}/best.pt or {folder}/last.pt in this run folder")
     raise SkipsegError(f"{path}: no such checkpoint file or run folder")
 
 
