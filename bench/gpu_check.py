@@ -1,4 +1,4 @@
-"""Every path only a CUDA machine takes, as named checks in one run of at most 5 minutes (issue 13).
+"""Every path only a CUDA machine takes, as named checks in one run of at most 5 minutes.
 
     python -m bench.gpu_check --out gpu_check.json    # = make gpu-check
     python -m bench.gpu_check --dry-run               # the plan: every check's commands (no GPU needed)
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     machine = machine_info(torch.device("cuda"))  # CPU, torch, git commit and the GPU's name, memory, capability
     result: dict[str, Any] = {
-        "check": "skipseg GPU check (issue 13)", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "check": "skipseg GPU check", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "torchvision": torchvision.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(), "gpu": {**machine.get("gpu", {}), "count": gpus},
         "budget_s": args.budget, "machine": machine, "checks": []}

@@ -7,7 +7,7 @@ apart; images/s is over the batches after it.
 
 Step: the real `Trainer._train_step` of the same config (FCN-8s width 1/8, 128² crops, batch 8,
 Adam) on batches fetched beforehand, so that no data loading is inside the timing; its images/s is
-what training consumes. Target (issue 8): loader ≥ 3× the step's consumption.
+what training consumes. Target: loader ≥ 3× the step's consumption.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every benchmark of issue 8 in one process, with its figures as ratios to this machine's peak.
+"""Every benchmark in one process, with its figures as ratios to this machine's peak.
 
     python -m bench.run [--quick] [--only NAME,...] [--out FILE] [--device auto|cpu|cuda] [--threads N]
 
@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from bench import inference, loader, loop, peak, study, training
+from bench import inference, loader, loop, peak, study, substitutions, training
 from bench.common import ROOT, Context, contention_check, fmt, machine_info, make_scratch
 from bench.report import markdown, targets
 from skipseg.core.runtime import resolve_device
@@ -39,6 +39,7 @@ PARTS: dict[str, Callable[[Context], dict]] = {
     "loop": loop.run,
     "proposals": inference.run_proposals,
     "probe": study.run,
+    "substitutions": substitutions.run,
 }
 
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     result = {
-        "benchmark": "skipseg benchmarks (issue 8)",
+        "benchmark": "skipseg benchmarks",
         "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(device), "parts": {},

@@ -26,7 +26,7 @@ from skipseg.engine.optim import build_optimizer
 from skipseg.core.runtime import Runtime, make_runtime
 from skipseg.models import build_model
 
-TRAIN_TARGET, INFER_TARGET = 0.5, 0.6  # FCN-8s: fractions of the matmul peak (issue 8)
+TRAIN_TARGET, INFER_TARGET = 0.5, 0.6  # FCN-8s: fractions of the matmul peak
 
 
 @dataclass(frozen=True)

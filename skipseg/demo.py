@@ -98,8 +98,8 @@ def plan(out: Path, settings: DemoSettings, seed: int = 0) -> list[Step]:
     scene = [item for key, value in s.scene.items() for item in (f"--{key}", str(value))]
     d1, d2 = s.deconv_iterations
     skip = [f"model.input_size={s.size}", f"data.crop_size={s.size}"]
-    # 8 crops per forward: at the demo's 64-px input 8.9 s for the 60 images against 16.1 s at the
-    # CPU default of 2 (measured for the 224-px inputs of the VOC models)
+    # 8 crops per forward: the CPU default of 2 is sized for the VOC models' 224-px crops; 64-px crops
+    # need more of them to fill a forward
     proposal_args = ["--proposals", str(s.proposals), "--min-box", str(s.proposal_min_box), "--proposal-batch", "8",
                      "--proposal-cache", str(evals / "proposals"),
                      "--max-images", str(s.proposal_images)]

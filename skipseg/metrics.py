@@ -1,4 +1,5 @@
-"""Segmentation scores exactly as the FCN reference scoring (DESIGN.md §2.4).
+"""Segmentation scores exactly as the FCN reference scoring (`score.py` of shelhamer/fcn.berkeleyvision.org:
+the confusion matrix of `fast_hist`, then overall accuracy, mean accuracy, mean IU and frequency-weighted IU).
 
 One confusion matrix is accumulated over the whole dataset (rows = ground truth, columns =
 prediction) and the scores are computed once from it, never averaged per batch. The formulas are

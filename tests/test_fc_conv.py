@@ -7,7 +7,7 @@ from torch import nn
 
 from skipseg.config import TrainConfig
 from skipseg.engine.optim import build_optimizer
-from skipseg.models.fc_conv import FCConv2d, FCConvTranspose2d, _matmul_output_size
+from skipseg.core.fc_matmul import FCConv2d, FCConvTranspose2d, _matmul_output_size, fully_connected_as_matmul
 
 
 def _twins(fast_cls, plain_cls, cin, cout, kernel, padding):
@@ -89,3 +89,28 @@ def test_optimizer_is_fused_on_cpu_and_steps_like_the_plain_one(name):
             optimizer.step()
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, options, expected", [
+    ("fcn8s", dict(width=0.125), {"backbone.fc6": FCConv2d, "backbone.fc7": FCConv2d}),
+    ("deconvnet", dict(width=0.125, input_size=64), {"backbone.fc6": FCConv2d, "deconv_fc6.0": FCConvTranspose2d}),
+])
+def test_runtime_computes_exactly_the_papers_fully_connected_layers_as_matmuls(name, options, expected):
+    """The model is built with plain convolutions; `prepare_model` swaps the layers it lists in
+    `fully_connected` for their matmul twins, holding the same parameters (state_dict unchanged)."""
+    from skipseg.core.runtime import make_runtime
+    from skipseg.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5, **options).eval()
+    assert not any(isinstance(m, (FCConv2d, FCConvTranspose2d)) for m in model.modules())
+    plain = copy.deepcopy(model)
+    before = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    prepared = make_runtime("cpu", "fp32").prepare_model(model)
+    swapped = {n: type(m) for n, m in prepared.named_modules() if isinstance(m, (FCConv2d, FCConvTranspose2d))}
+    assert swapped == expected
+    assert {k: v.data_ptr() for k, v in prepared.state_dict().items()} == before  # the same tensors
+    assert fully_connected_as_matmul(prepared) is prepared  # a second call changes nothing
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), plain(x), rtol=1e-4, atol=1e-4)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from skipseg.core.fc_matmul import fully_connected_as_matmul
 from skipseg.errors import SkipsegError
 
 
@@ -43,7 +44,8 @@ class Runtime:
         return images
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        model = model.to(self.device)
+        """The model on the device, in the memory format, its fully connected layers as matmuls."""
+        model = fully_connected_as_matmul(model).to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
@@ -67,8 +69,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 / AMX, Arm BF16).
 
-    Without it oneDNN emulates bf16, and autocast is far slower than fp32: measured on this
-    project's AVX2 EPYC, an FCN-8s forward at 256² took 7.1 s in bf16 against 1.8 s in fp32.
+    Without it oneDNN emulates bf16, and autocast is several times slower than fp32 (`make bench`,
+    part `peak`, measures both peaks).
     """
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
@@ -97,8 +99,8 @@ def make_runtime(device: str = "auto", precision: str = "auto", channels_last: b
     """Resolve settings, joining the torchrun process group when launched under torchrun.
 
     `channels_last=None` (auto) turns it on together with mixed precision, where oneDNN/cuDNN's
-    NHWC kernels pay off, and leaves fp32 on CPU in NCHW: measured on an AVX2 EPYC, an FCN-8s
-    training step at 256² took 14.2 s channels_last against 9.4 s NCHW.
+    NHWC kernels pay off, and leaves fp32 on CPU in NCHW, where oneDNN's NCHW fp32 kernels are the
+    faster ones (`make bench`, part `steps`, times both layouts).
     """
     rank, world = init_distributed(device)
     dev = resolve_device(device)
@@ -132,7 +134,7 @@ def seed_step(seed: int, device: torch.device) -> None:
     """Seed the generators a training step draws from (dropout): the CPU one, and the device's.
 
     Not `torch.manual_seed`, which on CUDA builds also queues a lazy seeding of every CUDA device
-    with a captured Python stack: about 1 ms per call even on a machine without a GPU.
+    with a captured Python stack, even on a machine without a GPU: costly once per step or sample.
     """
     torch.default_generator.manual_seed(seed)
     if device.type == "cuda":

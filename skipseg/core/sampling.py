@@ -74,7 +74,7 @@ class SeededView(Dataset):
         index, seed = item
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only (what the transforms draw from): torch.manual_seed would also
-            # queue a CUDA seeding with a captured stack on CUDA builds, ~1 ms per sample on a CPU.
+            # queue a CUDA seeding with a captured stack on CUDA builds, costly once per sample.
             torch.default_generator.manual_seed(seed)
             return self.dataset[index]
 

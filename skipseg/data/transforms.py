@@ -143,8 +143,8 @@ class TrainAugmentation:
     fill), RandomHorizontalFlip, ToDtype(float32), Normalize])` written as calls of its functional
     kernels on plain tensors: the same random draws from torch's RNG in the same order, the same
     output tensors (tests/test_transforms.py holds it to that Compose). Why not the Compose itself:
-    it flattens, checks and dispatches both inputs at every transform, which costs 2.4x the kernels at
-    the demo's 64 px, and the training loop waits for it on a 2-core machine.
+    it flattens, checks and dispatches both inputs at every transform, which at the demo's 64 px
+    costs more than the kernels do, and a training loop without loader workers waits for it.
     """
 
     def __init__(self, crop_size: Size | None, scale_range: tuple[float, float] | None, flip: bool,

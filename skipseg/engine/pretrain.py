@@ -4,7 +4,7 @@ torchvision-format state_dict and a card, the way ImageNet weights ship.
 
 The run itself is an ordinary run folder (config, metrics, TensorBoard, checkpoints), so it resumes
 exactly like `skipseg train --resume`. The recipe defaults are what makes the deep VGGs leave the
-chance plateau on these images (measured; README): torchvision's VGG initialisation, no dropout,
+chance plateau on these images (README, "The embedded ImageNet"): torchvision's VGG initialisation, no dropout,
 SGD momentum 0.9 at lr 0.05 after a linear warm-up, poly decay.
 """
 from __future__ import annotations

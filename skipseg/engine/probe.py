@@ -51,8 +51,8 @@ class HeadSpec:
     kernel: int | None
 
 
-# Tap heads compute only the rows the grid reads when those are at most this share (strips copy n
-# rows per row). Inception-v3, 143 px, G = 15: tap 1 reads 27 of 69 rows (its convs 1.8× faster).
+# Tap heads compute only the rows the grid reads when those are at most this share: the strips copy n
+# rows per row read, which costs more than it saves when nearly every row is read.
 ROW_SHARE = 0.75
 
 
@@ -97,7 +97,8 @@ class SmallMapConv(torch.autograd.Function):
 
 def head_conv(f: Tensor, weight: Tensor, bias: Tensor, padding: tuple[int, int]) -> Tensor:
     """`F.conv2d(f, weight, bias, padding)`; on CPU without autocast, a map smaller than the kernel
-    takes `SmallMapConv` (measured 1.9× faster, 3×3 map of 2048 channels, 5×5 kernel, 2 threads)."""
+    takes `SmallMapConv`, whose weight gradient is one batched matrix product instead of oneDNN's
+    backward-weights kernel, slow where most kernel taps fall outside the map."""
     small = f.shape[-2] * f.shape[-1] < weight.shape[-2] * weight.shape[-1]
     if small and f.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and not f.requires_grad:
         return SmallMapConv.apply(f, weight, bias, padding)
@@ -134,7 +135,7 @@ class ProbeNet(GridPredictor, nn.Module):
     """A frozen backbone and one `SkipHead` per `HeadSpec`; `forward(x) -> {name: logits}`.
 
     `forward` equals every head's `SkipHead.forward` on the frozen features, computed in bulk: the
-    backbone once, without autograd, in channels_last (1.5-1.8× faster so on a 2-core CPU, fp32); the
+    backbone once, without autograd, in channels_last (faster for inference-only passes, fp32 too); the
     top 1×1 class convs of all heads as one conv; a tap's heads together (`tap_scores`: the rows the
     grid reads, kernels trimmed to the map), one resampling per tap and one for all tops.
     """

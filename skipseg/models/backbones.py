@@ -23,7 +23,6 @@ from torchvision.models.googlenet import BasicConv2d, Inception
 from torchvision.models.vgg import VGG, make_layers
 
 from skipseg.errors import SkipsegError
-from skipseg.models.fc_conv import FCConv2d
 from skipseg.models.geometry import Grid, min_input_size, track_grid
 
 
@@ -106,7 +105,7 @@ class StagedBackbone(Backbone):
 
 def _fc_block(cin: int, cout: int, kernel: int, padding: int,
               dropout: float) -> tuple[nn.Conv2d, nn.ReLU, nn.Dropout]:
-    return FCConv2d(cin, cout, kernel, padding=padding), nn.ReLU(inplace=True), nn.Dropout(dropout)
+    return nn.Conv2d(cin, cout, kernel, padding=padding), nn.ReLU(inplace=True), nn.Dropout(dropout)
 
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -142,6 +141,7 @@ class VGG16Backbone(StagedBackbone):
     """
 
     torchvision_fc = {"fc6": ("classifier.0", 7), "fc7": ("classifier.3", 1)}
+    fully_connected = ("fc6", "fc7")  # computed as matmuls on small CPU maps (`core.fc_matmul`)
     torchvision_ignore = ("classifier.6.",)
 
     def __init__(self, width: float = 1.0, original_padding: bool = False, dropout: float = 0.5,
@@ -179,6 +179,7 @@ class AlexNetBackbone(StagedBackbone):
     torchvision_weights = "AlexNet_Weights.IMAGENET1K_V1"
     torchvision_arch = "alexnet"
     torchvision_fc = {"fc6": ("classifier.1", 6), "fc7": ("classifier.4", 1)}
+    fully_connected = ("fc6", "fc7")
     torchvision_ignore = ("classifier.6.",)
 
     def __init__(self, width: float = 1.0, dropout: float = 0.5) -> None:

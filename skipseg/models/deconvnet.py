@@ -28,7 +28,6 @@ from torchvision.models.vgg import make_layers
 
 from skipseg.errors import SkipsegError
 from skipseg.models.backbones import VGG16_CFG, StagedBackbone, scaled
-from skipseg.models.fc_conv import FCConv2d, FCConvTranspose2d
 from skipseg.models.init import initialize
 from skipseg.models.registry import register_model
 from skipseg.models.unpool import SwitchPool, Unpool
@@ -69,7 +68,7 @@ class DeconvNetBackbone(StagedBackbone):
         self.features = make_layers(cfg, batch_norm=True)
         c5, cfc = scaled(512, width), scaled(4096, width)
         kernel = check_input_size(input_size) // 32
-        self.fc6, self.bn6, self.relu6 = FCConv2d(c5, cfc, kernel), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
+        self.fc6, self.bn6, self.relu6 = nn.Conv2d(c5, cfc, kernel), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
         self.fc7, self.bn7, self.relu7 = nn.Conv2d(cfc, cfc, 1), nn.BatchNorm2d(cfc), nn.ReLU(inplace=True)
         stages, start, channels = [], 0, 3
         for i, layer in enumerate(self.features):
@@ -106,14 +105,18 @@ def check_input_size(size: int) -> int:
     return size
 
 
-def _deconv(cin: int, cout: int, kernel: int, padding: int, layer: type = nn.ConvTranspose2d) -> nn.Sequential:
+def _deconv(cin: int, cout: int, kernel: int, padding: int) -> nn.Sequential:
     """deconv → BN → ReLU; index 0 is the transposed convolution itself."""
-    return nn.Sequential(layer(cin, cout, kernel, padding=padding), nn.BatchNorm2d(cout),
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel, padding=padding), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
 
 
 class DeconvNet(nn.Module):
     """Encoder (`backbone`, named taps) + the mirrored unpooling/deconvolution decoder of Table 2."""
+
+    # The paper's fully connected layers as convolutions; the runtime computes them as matmuls on
+    # small CPU maps (`core.fc_matmul`).
+    fully_connected = ("backbone.fc6", "deconv_fc6.0")
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, input_size: int = INPUT_SIZE) -> None:
         super().__init__()
@@ -121,7 +124,7 @@ class DeconvNet(nn.Module):
         self.input_size = (input_size, input_size)  # what the predictor resizes images and crops to
         self.backbone = DeconvNetBackbone(width, input_size)
         kernel = input_size // 32  # deconv-fc6 mirrors fc6: 1×1 → kernel×kernel (7×7 at 224)
-        self.deconv_fc6 = _deconv(scaled(4096, width), scaled(512, width), kernel, 0, FCConvTranspose2d)
+        self.deconv_fc6 = _deconv(scaled(4096, width), scaled(512, width), kernel, 0)
         for unpool, _, deconvs in DECODER:
             setattr(self, unpool, Unpool(2))
             for name, cin, cout in deconvs:

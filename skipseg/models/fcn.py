@@ -50,6 +50,7 @@ class FCN(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone, self.num_classes, self.top = backbone, num_classes, top
+        self.fully_connected = tuple(f"backbone.{name}" for name in getattr(backbone, "fully_connected", ()))
         info = backbone.tap(top)
         self.score_fr = _score(info.channels, num_classes)
         scales = tuple(skip_scales) if skip_scales is not None else (1.0,) * len(skips)

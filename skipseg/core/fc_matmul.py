@@ -1,17 +1,14 @@
-"""Fully connected layers cast as convolutions (fc6/fc7 of FCN and DeconvNet, DeconvNet's
-deconv-fc6), computed as matrix products on the small maps they see in training.
+"""A run-time substitution for speed: the papers' fully connected layers (fc6/fc7 of FCN, DeconvNet's
+fc6 and deconv-fc6), which the models build as ordinary convolutions, computed as matrix products on
+the small maps they see in training on a CPU.
 
-VGG's fc6 as a convolution is 7x7 with 512 -> 4096 channels, and at training sizes it runs on maps
-barely larger than its kernel (8x8 for a 256-pixel crop). oneDNN's direct convolution reaches only
-~40 % of the matmul peak there (measured on a 2-core AVX2 CPU: 28 vs 66 GFLOP/s forward, 20 vs 66
-forward + backward, batch 1, one thread), and fc6 is then ~40 % of FCN-8s's time. The same
-product as one matrix multiplication over unfolded patches runs at ~52 / 39 GFLOP/s, i.e. 1.9x
-faster per step for that layer. DeconvNet's fc6 (7x7 on a 7x7 map, one output position) and its
-mirror deconv-fc6 (1x1 -> 7x7) are worse: 3.3 and 2.8 GFLOP/s forward at batch 8 against 22 and
-23 as matmuls (3.5-4.6x faster forward + backward). On larger maps the direct kernel catches up
-(equal at 512 output positions), so the matmul path is taken only for small maps on the CPU; GPUs,
-ONNX export and large maps use the ordinary convolution. The parameters are those of the nn
-layers, so weights and checkpoints are unchanged.
+At training sizes fc6 runs on maps barely larger than its 7×7 kernel (8×8 for a 256-pixel crop;
+DeconvNet's is 7×7 on a 7×7 map, one output position), where oneDNN's direct convolution reaches a
+fraction of the matmul peak; the same product as one matrix multiplication over unfolded patches
+(and deconv-fc6 as matmul + fold) does not have that problem. On larger maps the direct kernel
+catches up, so the matmul path is taken only for small maps on the CPU; GPUs, ONNX export and large
+maps use the ordinary convolution. `Runtime.prepare_model` applies it to the layers a model lists in
+`fully_connected`, sharing their parameters: weights, checkpoints and state_dict keys are unchanged.
 """
 from __future__ import annotations
 
@@ -19,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Output positions (batch x height x width) up to which the matmul path wins on CPU (measured: 1.9x at
-# 64, 1.35x at 256, 1.1x at 484, 1.0x at 512).
+# Output positions (batch x height x width) up to which the matmul path is the faster one on a CPU;
+# beyond it the two meet (bench/substitutions.py times both).
 MATMUL_MAX_POSITIONS = 512
 
 
@@ -82,3 +79,23 @@ def _finish(conv: nn.Conv2d | nn.ConvTranspose2d, out: Tensor, x: Tensor) -> Ten
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last)  # keep the caller's layout
     return out
+
+
+def fully_connected_as_matmul(model: nn.Module) -> nn.Module:
+    """`model` with each layer named in `model.fully_connected` (module paths, e.g. "backbone.fc6")
+    replaced by its matmul twin, holding the same parameter objects; other models are returned as
+    they are."""
+    for path in getattr(model, "fully_connected", ()):
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        layer = getattr(parent, name)
+        twin_class = _TWINS.get(type(layer))
+        if twin_class is None:
+            continue  # already substituted (prepare_model called twice)
+        twin = twin_class.__new__(twin_class)
+        twin.__dict__.update(layer.__dict__)  # the same parameters, buffers and settings
+        setattr(parent, name, twin)
+    return model
+
+
+_TWINS: dict[type, type] = {nn.Conv2d: FCConv2d, nn.ConvTranspose2d: FCConvTranspose2d}
