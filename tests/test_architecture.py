@@ -35,3 +35,10 @@ def test_every_package_has_a_layer():
     present = {f"skipseg.{p.stem}" for p in package.iterdir()
                if (p.suffix == ".py" and p.stem not in ("__init__", "__main__")) or (p / "__init__.py").is_file()}
     assert present == placed
+
+
+def test_test_folders_mirror_the_package():
+    """tests/<name>/ holds the tests of skipseg/<name>/; the tests of top-level modules sit in tests/."""
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    packages = {p.name for p in Path(skipseg.__file__).parent.iterdir() if (p / "__init__.py").is_file()}
+    assert folders and folders <= packages, sorted(folders - packages)

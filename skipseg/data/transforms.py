@@ -142,7 +142,7 @@ class TrainAugmentation:
     This is the v2 pipeline `Compose([ToDtype(uint8), Resize, RandomScale, RandomCrop(pad_if_needed,
     fill), RandomHorizontalFlip, ToDtype(float32), Normalize])` written as calls of its functional
     kernels on plain tensors: the same random draws from torch's RNG in the same order, the same
-    output tensors (tests/test_transforms.py holds it to that Compose). Why not the Compose itself:
+    output tensors (tests/data/test_transforms.py holds it to that Compose). Why not the Compose itself:
     it flattens, checks and dispatches both inputs at every transform, which at the demo's 64 px
     costs more than the kernels do, and a training loop without loader workers waits for it.
     """

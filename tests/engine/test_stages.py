@@ -173,7 +173,7 @@ def test_sync_batchnorm_only_under_ddp_on_gpus():
 def test_paper_and_cpu_configs():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     voc = stage_configs(load_staged_config(root / "deconvnet_voc.yaml"), "RUN")
     (_, one), (_, two) = voc
     assert (one.data.sampling, one.train.iterations, two.data.sampling, two.train.iterations) == \

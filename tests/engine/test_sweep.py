@@ -14,7 +14,7 @@ from skipseg.engine.logbook import Logbook
 from skipseg.errors import SkipsegError
 from skipseg.report.tables import compare_metrics, table1, table2, table3
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_sweep(folder: Path, data: Path, extra: str = "") -> Path:
