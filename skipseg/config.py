@@ -50,6 +50,10 @@ class ModelConfig:
     input_size: int | None = None  # the square input (skipnet: images resized to it, paper 559;
     # deconvnet: a multiple of 32, default 224, fc6's kernel = input_size/32)
     freeze_backbone: bool | None = None  # train only the heads
+    head_activation: str | None = None  # relu | none: after the tap's n×n conv
+    score_init: str | None = None  # zeros | normal: the 1×1 class convs
+    cell_label: str | None = None  # majority | centre: a grid cell's target in box mode
+    score_upsampling: str | None = None  # bilinear | nearest: z to the G×G grid
 
 
 @dataclass

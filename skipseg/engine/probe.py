@@ -56,11 +56,11 @@ class HeadSpec:
 ROW_SHARE = 0.75
 
 
-def read_rows(length: int, size: int) -> Tensor:
-    """`[R]` int64: the rows of a `length`-row map that bilinear resampling to `size` rows reads with
-    a non-zero weight, taken from the weights `F.interpolate` itself gives one-hot rows."""
+def read_rows(length: int, size: int, mode: str = "bilinear") -> Tensor:
+    """`[R]` int64: the rows of a `length`-row map that resampling to `size` rows (`resample`, in
+    `mode`) reads with a non-zero weight, taken from what it gives one-hot rows."""
     eye = torch.eye(length).view(1, length, length, 1)  # channel j: a one-hot at row j
-    weights = F.interpolate(eye, size=(size, 1), mode="bilinear", align_corners=False)  # [1, L, size, 1]
+    weights = resample(eye, (size, 1), mode)  # [1, L, size, 1]
     return weights[0, :, :, 0].ne(0).any(1).nonzero().flatten()
 
 
@@ -105,7 +105,8 @@ def head_conv(f: Tensor, weight: Tensor, bias: Tensor, padding: tuple[int, int])
     return F.conv2d(f, weight, bias, padding=padding)
 
 
-def tap_scores(heads: Sequence[SkipHead], f: Tensor, grid: tuple[int, int], rows: Tensor | None) -> Tensor:
+def tap_scores(heads: Sequence[SkipHead], f: Tensor, grid: tuple[int, int], rows: Tensor | None,
+               upsampling: str = "bilinear") -> Tensor:
     """`resample(z_i)` of every head on one tap, `[N, len(heads)·C, G, G]`, as `SkipHead` computes it.
 
     `rows` (`read_rows`; None: all): only those rows of h and z are computed, strips of n rows through
@@ -118,17 +119,17 @@ def tap_scores(heads: Sequence[SkipHead], f: Tensor, grid: tuple[int, int], rows
     maps = []
     for head, (weight, (ph, pw)) in zip(heads, kernels):
         if rows is None:
-            maps.append(head.score_tap(F.relu(head_conv(f, weight, head.conv_tap.bias, (ph, pw)))))
+            maps.append(head.score_tap(head.activation(head_conv(f, weight, head.conv_tap.bias, (ph, pw)))))
             continue
         window = rows[:, None] + torch.arange(most - ph, most + ph + 1, device=f.device)  # [R, n] padded rows
         strips = padded[:, :, window].transpose(1, 2)  # [N, R, C_t, n, w_t]
         h = F.conv2d(strips.flatten(0, 1), weight, head.conv_tap.bias, padding=(0, pw))  # [N·R, D, 1, w_t]
-        z = head.score_tap(F.relu(h))  # [N·R, C, 1, w_t]
+        z = head.score_tap(head.activation(h))  # [N·R, C, 1, w_t]
         maps.append(z.reshape(n, len(rows), -1, width).transpose(1, 2))  # [N, C, R, w_t]
     z = torch.cat(maps, 1)  # [N, K·C, R or h_t, w_t]
     if rows is not None:  # the unread rows stay 0: weighted by 0, they get no gradient either
         z = z.new_zeros(n, z.shape[1], height, width).index_copy(2, rows, z)
-    return resample(z, grid)  # [N, K·C, G, G]
+    return resample(z, grid, upsampling)  # [N, K·C, G, G]
 
 
 class ProbeNet(GridPredictor, nn.Module):
@@ -141,16 +142,18 @@ class ProbeNet(GridPredictor, nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, top: str, heads: Sequence[HeadSpec],
-                 head_channels: int = 256, grid: int = 67, mode: str = "box", input_size: int | None = None) -> None:
+                 head_channels: int = 256, grid: int = 67, mode: str = "box", input_size: int | None = None,
+                 head_activation: str = "relu", score_init: str = "zeros", cell_label: str = "majority",
+                 score_upsampling: str = "bilinear") -> None:
         super().__init__()
         self.backbone, self.num_classes, self.top = backbone, num_classes, top
-        self.grid, self.mode = (grid, grid), mode
+        self.grid, self.mode, self.cell_label, self.upsampling = (grid, grid), mode, cell_label, score_upsampling
         self.input_size = (input_size, input_size) if input_size else None
         self.specs = {spec.name: spec for spec in heads}
         top_channels = backbone.tap(top).channels
         self.heads = nn.ModuleDict({
             spec.name: SkipHead(top_channels, num_classes, backbone.tap(spec.tap).channels if spec.tap else None,
-                                spec.kernel or 1, head_channels)
+                                spec.kernel or 1, head_channels, head_activation, score_init, score_upsampling)
             for spec in heads
         })
         self.groups: dict[str, list[int]] = {}  # tap → the indices of its heads
@@ -179,7 +182,7 @@ class ProbeNet(GridPredictor, nn.Module):
         """The rows of a `height`-row tap map the grid reads (`read_rows`), None when nearly all."""
         key = (height, str(device))
         if key not in self._rows:
-            rows = read_rows(height, self.grid[0])
+            rows = read_rows(height, self.grid[0], self.upsampling)
             self._rows[key] = rows.to(device) if len(rows) <= ROW_SHARE * height else None
         return self._rows[key]
 
@@ -188,10 +191,11 @@ class ProbeNet(GridPredictor, nn.Module):
         heads, c = list(self.heads.values()), self.num_classes
         weight = torch.cat([h.score_top.weight for h in heads])  # [K·C, C_top, 1, 1]
         z_top = F.conv2d(taps[self.top], weight, torch.cat([h.score_top.bias for h in heads]))  # [N, K·C, h, w]
-        scores = list(resample(z_top, self.grid).split(c, 1))  # K × [N, C, G, G]
+        scores = list(resample(z_top, self.grid, self.upsampling).split(c, 1))  # K × [N, C, G, G]
         for tap, indices in self.groups.items():
             f = taps[tap].contiguous(memory_format=_memory_format(heads[indices[0]].conv_tap.weight))
-            z = tap_scores([heads[i] for i in indices], f, self.grid, self._read_rows(f.shape[-2], f.device))
+            z = tap_scores([heads[i] for i in indices], f, self.grid, self._read_rows(f.shape[-2], f.device),
+                           self.upsampling)
             for i, z_i in zip(indices, z.split(c, 1)):
                 scores[i] = scores[i] + z_i  # [N, C, G, G], top + tap as in SkipHead.forward
         if self.mode == "pixel":
@@ -219,7 +223,8 @@ def build_probe(config: Config, heads: Sequence[HeadSpec], with_init: bool = Tru
                        "statistics, so the heads see unnormalised random features", options["backbone"])
     base = build_model("skipnet", **options)
     return ProbeNet(base.backbone, base.num_classes, top, heads, options["head_channels"], options["grid"],
-                    options["mode"], options["input_size"])
+                    options["mode"], options["input_size"], options["head_activation"], options["score_init"],
+                    options["cell_label"], options["score_upsampling"])
 
 
 def probe_from_run(run_dir: str | Path, prefer: str = "last") -> ProbeNet:

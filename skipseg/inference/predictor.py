@@ -13,7 +13,7 @@ from skipseg.config import Config, config_from_dict
 from skipseg.core.checkpoint import load_checkpoint
 from skipseg.core.runtime import Runtime
 from skipseg.errors import SkipsegError
-from skipseg.models.skipnet import cells_mirror_symmetric
+from skipseg.models.cells import cells_mirror_symmetric
 
 
 def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime,

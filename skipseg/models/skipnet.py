@@ -4,17 +4,17 @@
     h_i = ReLU(n×n conv(f_i)),  z_i = 1×1 conv(h_i)          [N, C, h_i, w_i]   (tap i, if any)
     score = up_G(z_top) + up_G(z_i)                          [N, C, G, G]
 
-`up_G` is bilinear resampling (`align_corners=False`) to a G×G grid of image cells. Box-wise mode
-(the paper's) predicts those cells: a cell's target is the majority label of its pixels
+`up_G` resamples to a G×G grid of image cells (bilinear, `align_corners=False`). Box-wise mode (the
+paper's) predicts those cells: a cell's target is the majority label of its pixels
 (`majority_vote`), and the model says so to the engine with `output_grid = (G, G)` and
-`target_from_mask`. Pixel-wise mode (the paper's stated next step) upsamples the G×G score
-bilinearly to the input size and is trained and scored per pixel like every other model.
+`target_from_mask`. What the paper leaves open is an option, the reconstruction its default:
+`head_activation` (the ReLU on h), `head_channels` (h's width), `score_init` (the 1×1 class convs
+start at zero), `cell_label` (a cell's target: the majority of its pixels, or its centre pixel) and
+`score_upsampling` (up_G: bilinear or nearest). Pixel-wise mode (the paper's stated next step)
+upsamples the G×G score bilinearly to the input size and is trained and scored per pixel like every
+other model.
 
-Cells and pixels: along a side of H pixels, cell i covers pixels round(i·H/G) ≤ y < round((i+1)·H/G)
-(round half up). These are the cells whose centres ((i + ½)·H/G − ½) are where `align_corners=False`
-interpolation puts its G samples. When G divides H each cell has H/G pixels; otherwise ⌊H/G⌋ or
-⌈H/G⌉, spread evenly (H = 10, G = 4: pixels 0-2, 3-4, 5-7, 8-9). For G > H some cells hold no pixel
-and are void.
+Cells and pixels: `models/cells.py`.
 
 Taps are configuration: `tap_names` (numbered from 1, the lowest) and `top` default to
 `tap_maps.yaml` (Inception-v3: the paper's seven taps and Mixed_7c), else to the taps
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from skipseg.data.palette import IGNORE_INDEX
 from skipseg.errors import SkipsegError
+from skipseg.models.cells import CELL_LABELS
 from skipseg.models.classifiers import final_layer
 from skipseg.models.init import imagenet_state_dict, init_from_checkpoint, load_exactly, read_state_dict
 from skipseg.models.pretrained import shapes_weights
@@ -78,89 +78,70 @@ def resolve_tap(tap: str | int | None, names: Sequence[str]) -> tuple[str | None
     return text, text
 
 
-def cell_index(length: int, cells: int, device: torch.device | str = "cpu") -> Tensor:
-    """`[length]` int64: the cell of each pixel along a side (boundaries round(i·length/cells))."""
-    i = torch.arange(1, cells, device=device, dtype=torch.int64)
-    bounds = (2 * i * length + cells) // (2 * cells)  # floor(i·L/G + ½) in integers
-    return torch.bucketize(torch.arange(length, device=device), bounds, right=True)
+HEAD_ACTIVATIONS = {"relu": nn.ReLU, "none": nn.Identity}
+SCORE_INITS = ("zeros", "normal")
+UPSAMPLINGS = ("bilinear", "nearest")
 
 
-def cells_mirror_symmetric(length: int, cells: int) -> bool:
-    """Whether the cells along a side of `length` pixels are the mirror image of each other (cell j
-    of the flipped side covers the pixels of cell G-1-j): always for odd G; for even G unless some
-    boundary i·L/G falls exactly on a half pixel, which rounds up on both sides of the centre
-    (L = 10, G = 4: cells of 3, 2, 3, 2 pixels)."""
-    index = cell_index(length, cells)
-    return bool(torch.equal(index.flip(0), cells - 1 - index))
-
-
-def majority_vote(mask: Tensor, grid: tuple[int, int], num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """`mask [N, H, W]` (labels in [0, C), anything else void) → `[N, G_h, G_w]` int64 cell labels.
-
-    A cell gets the most frequent class of its non-void pixels (ties: the lowest class); a cell
-    whose pixels are more than half void, or that holds no pixel, is `ignore_index`. One bincount
-    over (image, cell, label), no loop over pixels or cells.
-    """
-    n, h, w = mask.shape
-    gh, gw = grid
-    c = num_classes
-    cells = cell_index(h, gh, mask.device)[:, None] * gw + cell_index(w, gw, mask.device)[None, :]  # [H, W]
-    labels = torch.where((mask >= 0) & (mask < c), mask, torch.full_like(mask, c))  # void → bin C
-    images = torch.arange(n, device=mask.device).view(n, 1, 1) * (gh * gw)
-    flat = ((images + cells) * (c + 1) + labels).reshape(-1)
-    counts = torch.bincount(flat, minlength=n * gh * gw * (c + 1)).view(n, gh, gw, c + 1)
-    valid, void = counts[..., :c].sum(-1), counts[..., c]
-    target = counts[..., :c].argmax(-1)
-    return target.masked_fill_((void > valid) | (valid == 0), ignore_index)
-
-
-def _score(in_channels: int, num_classes: int) -> nn.Conv2d:
-    # Zero-initialised like FCN's score layers: a new skip starts as a no-op on the top's scores.
+def _score(in_channels: int, num_classes: int, init: str = "zeros") -> nn.Conv2d:
     conv = nn.Conv2d(in_channels, num_classes, kernel_size=1)
-    nn.init.zeros_(conv.weight)
+    if init == "zeros":  # like FCN's score layers: a new skip starts as a no-op on the top's scores
+        nn.init.zeros_(conv.weight)
+    else:  # "normal": small random weights, as a classifier's last layer
+        nn.init.normal_(conv.weight, std=0.01)
     nn.init.zeros_(conv.bias)
     return conv
 
 
-def resample(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize (align_corners=False) of `[N, C, h, w]` to `size`; identity when equal."""
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def resample(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """Resize `[N, C, h, w]` to `size` (bilinear with align_corners=False, or nearest); identity when equal."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class SkipHead(nn.Module):
-    """Everything above the backbone: the top's 1×1 class conv and, for a tap, n×n conv + ReLU + 1×1."""
+    """Everything above the backbone: the top's 1×1 class conv and, for a tap, n×n conv + ReLU + 1×1
+    (the ReLU: `activation`), each class map resampled to the grid by `upsampling`."""
 
     def __init__(self, top_channels: int, num_classes: int, tap_channels: int | None = None,
-                 kernel: int = 3, head_channels: int = 256) -> None:
+                 kernel: int = 3, head_channels: int = 256, activation: str = "relu", score_init: str = "zeros",
+                 upsampling: str = "bilinear") -> None:
         super().__init__()
-        self.score_top = _score(top_channels, num_classes)
+        self.upsampling = upsampling
+        self.score_top = _score(top_channels, num_classes, score_init)
         self.has_tap = tap_channels is not None
         if self.has_tap:
             self.conv_tap = nn.Conv2d(tap_channels, head_channels, kernel, padding=kernel // 2)
-            self.score_tap = _score(head_channels, num_classes)
+            self.activation = HEAD_ACTIVATIONS[activation]()
+            self.score_tap = _score(head_channels, num_classes, score_init)
 
     def class_maps(self, top: Tensor, tap: Tensor | None = None) -> dict[str, Tensor]:
         """`{"top": z_top [N, C, h_top, w_top], "tap": z_i [N, C, h_i, w_i]}` (no "tap" without one)."""
         maps = {"top": self.score_top(top)}
         if self.has_tap:
-            maps["tap"] = self.score_tap(F.relu(self.conv_tap(tap)))
+            maps["tap"] = self.score_tap(self.activation(self.conv_tap(tap)))
         return maps
 
     def forward(self, top: Tensor, tap: Tensor | None, grid: tuple[int, int]) -> Tensor:
         maps = self.class_maps(top, tap)
-        score = resample(maps["top"], grid)  # [N, C, G, G]
+        score = resample(maps["top"], grid, self.upsampling)  # [N, C, G, G]
         if "tap" in maps:
-            score = score + resample(maps["tap"], grid)
+            score = score + resample(maps["tap"], grid, self.upsampling)
         return score
 
 
 class GridPredictor:
     """What the engine asks of a model that may predict grid cells (box mode): `output_grid` and
-    `target_from_mask`. Needs `grid` (G, G), `mode` ("box" | "pixel") and `num_classes`."""
+    `target_from_mask`. Needs `grid` (G, G), `mode` ("box" | "pixel"), `num_classes` and
+    `cell_label` (a key of CELL_LABELS)."""
 
     grid: tuple[int, int]
     mode: str
     num_classes: int
+    cell_label: str = "majority"
 
     @property
     def output_grid(self) -> tuple[int, int] | None:
@@ -168,8 +149,8 @@ class GridPredictor:
         return self.grid if self.mode == "box" else None
 
     def target_from_mask(self, mask: Tensor) -> Tensor:
-        """`[N, H, W]` pixel labels → `[N, G, G]` cell labels (`majority_vote`)."""
-        return majority_vote(mask, self.grid, self.num_classes)
+        """`[N, H, W]` pixel labels → `[N, G, G]` cell labels (`majority_vote` or `centre_label`)."""
+        return CELL_LABELS[self.cell_label](mask, self.grid, self.num_classes)
 
 
 class SkipNet(GridPredictor, nn.Module):
@@ -177,13 +158,15 @@ class SkipNet(GridPredictor, nn.Module):
 
     def __init__(self, backbone: TorchvisionBackbone, num_classes: int, top: str, tap: str | None = None,
                  kernel: int = 3, head_channels: int = 256, grid: int = 67, mode: str = "box",
-                 input_size: int | None = None, freeze_backbone: bool = False) -> None:
+                 input_size: int | None = None, freeze_backbone: bool = False, head_activation: str = "relu",
+                 score_init: str = "zeros", cell_label: str = "majority", score_upsampling: str = "bilinear") -> None:
         super().__init__()
         self.backbone, self.num_classes, self.top, self.tap = backbone, num_classes, top, tap
-        self.grid, self.mode, self.frozen = (grid, grid), mode, freeze_backbone
+        self.grid, self.mode, self.frozen, self.cell_label = (grid, grid), mode, freeze_backbone, cell_label
         self.input_size = (input_size, input_size) if input_size else None  # the predictor resizes to it
         tap_channels = backbone.tap(tap).channels if tap else None
-        self.head = SkipHead(backbone.tap(top).channels, num_classes, tap_channels, kernel, head_channels)
+        self.head = SkipHead(backbone.tap(top).channels, num_classes, tap_channels, kernel, head_channels,
+                             head_activation, score_init, score_upsampling)
         if freeze_backbone:
             backbone.requires_grad_(False)
             backbone.eval()
@@ -237,14 +220,19 @@ def load_classifier_weights(classifier: nn.Module, backbone: str, pretrained: st
     logger.info("backbone %s initialised from %s", backbone, source)
 
 
-def check_skip_options(kernel: int, head_channels: int, grid: int, mode: str, input_size: int | None) -> None:
+def check_skip_options(kernel: int, head_channels: int, grid: int, mode: str, input_size: int | None,
+                       head_activation: str = "relu", score_init: str = "zeros", cell_label: str = "majority",
+                       score_upsampling: str = "bilinear") -> None:
     if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
         raise SkipsegError(f"model.kernel: {kernel!r}: expected an odd integer >= 1 (3, 5, 7)")
     for key, value in (("head_channels", head_channels), ("grid", grid), ("input_size", input_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise SkipsegError(f"model.{key}: {value!r}: expected an integer >= 1")
-    if mode not in ("box", "pixel"):
-        raise SkipsegError(f"model.mode: {mode!r}: expected box or pixel")
+    for key, value, valid in (("mode", mode, ("box", "pixel")), ("head_activation", head_activation, HEAD_ACTIVATIONS),
+                              ("score_init", score_init, SCORE_INITS), ("cell_label", cell_label, CELL_LABELS),
+                              ("score_upsampling", score_upsampling, UPSAMPLINGS)):
+        if value not in valid:
+            raise SkipsegError(f"model.{key}: {value!r}: expected {' or '.join(valid)}")
 
 
 @register_model("skipnet", "single skip connection (Yim & Sohn 2017): top + one tap's n×n head on a G×G grid, "
@@ -253,11 +241,15 @@ def skipnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = 
             init_from: str | None = None, backbone: str = "inception_v3", tap: str | None = None,
             tap_names: list | None = None, top: str | None = None, kernel: int = 3, head_channels: int = 256,
             grid: int = 67, mode: str = "box", input_size: int | None = None,
-            freeze_backbone: bool = False) -> SkipNet:
+            freeze_backbone: bool = False, head_activation: str = "relu", score_init: str = "zeros",
+            cell_label: str = "majority", score_upsampling: str = "bilinear") -> SkipNet:
     """`tap` None = the paper's "no connection" (the top alone). `head_channels`: the paper does not
     give h's width; one width for every tap keeps the heads' capacity equal across the comparison.
+    `head_activation`, `score_init`, `cell_label`, `score_upsampling`: the other choices the paper
+    leaves open (module docstring).
     `width` narrows a VGG16 backbone as FCN's and DeconvNet's are (other backbones: 1.0)."""
-    check_skip_options(kernel, head_channels, grid, mode, input_size)
+    check_skip_options(kernel, head_channels, grid, mode, input_size, head_activation, score_init, cell_label,
+                       score_upsampling)
     classifier = build_classifier(backbone, width)
     names, top = resolve_taps(backbone, tap_names, top, width)
     _, tap_name = resolve_tap(tap, names)
@@ -265,7 +257,8 @@ def skipnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = 
         load_classifier_weights(classifier, backbone, pretrained, weights, width)
     taps = [*names, *([tap_name] if tap_name else []), top]
     model = SkipNet(TorchvisionBackbone(backbone, taps, classifier, width), num_classes, top, tap_name, kernel,
-                    head_channels, grid, mode, input_size, freeze_backbone)
+                    head_channels, grid, mode, input_size, freeze_backbone, head_activation, score_init,
+                    cell_label, score_upsampling)
     if init_from is not None:
         init_from_checkpoint(model, init_from)
     return model

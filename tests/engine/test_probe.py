@@ -56,9 +56,10 @@ def test_each_head_gets_the_gradient_it_would_get_alone(shapes_root):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
-def test_read_rows_are_those_bilinear_resampling_weighs():
+def test_read_rows_are_those_the_resampling_weighs():
     assert read_rows(10, 4).tolist() == [0, 1, 3, 4, 5, 6, 8, 9]  # sources 0.75, 3.25, 5.75, 8.25
     assert read_rows(7, 7).tolist() == list(range(7)) and read_rows(3, 8).tolist() == [0, 1, 2]
+    assert read_rows(10, 4, "nearest").tolist() == [0, 2, 5, 7]  # nearest: floor(i · 10 / 4)
 
 
 def test_small_map_conv_has_conv2d_outputs_and_weight_gradients():
@@ -77,21 +78,27 @@ def test_small_map_conv_has_conv2d_outputs_and_weight_gradients():
     assert head_conv(torch.randn(1, 6, 5, 5), w, b, (2, 1)).grad_fn.name() != "SmallMapConvBackward"
 
 
-@pytest.mark.parametrize("mode", ["box", "pixel"])
-def test_bulk_forward_equals_every_head_alone(shapes_root, mode):
-    """Fused top convs, the rows the grid reads in strips (layer1.0: 26×21 → 5×5 reads 10 rows),
-    a 7×7 kernel trimmed to layer4.0's 4×3 map: each head's scores and gradients are its own (up to
-    float32 rounding: the convs sum in another order)."""
+@pytest.mark.parametrize("mode, head_options", [
+    ("box", ()), ("pixel", ()),
+    ("box", ("model.head_activation=none", "model.score_upsampling=nearest", "model.score_init=normal")),
+])
+def test_bulk_forward_equals_every_head_alone(shapes_root, mode, head_options):
+    """Fused top convs, the rows the grid reads in strips (layer1.0: 26×21 → 5×5 reads 10 rows
+    bilinearly), a 7×7 kernel trimmed to layer4.0's 4×3 map: each head's scores and gradients are its
+    own (up to float32 rounding: the convs sum in another order), with the head options too."""
     heads = [HeadSpec("noskip", None, None), HeadSpec("a3", "layer1.0", 3), HeadSpec("a7", "layer1.0", 7),
              HeadSpec("b5", "layer3.0", 5), HeadSpec("c7", "layer4.0", 7), HeadSpec("c3", "layer4.0", 3)]
     torch.manual_seed(0)
-    probe = build_probe(probe_config(shapes_root, f"model.mode={mode}"), heads).train()
+    probe = build_probe(probe_config(shapes_root, f"model.mode={mode}", *head_options), heads).train()
+    upsampling = probe.upsampling
+    assert all(isinstance(h.activation, torch.nn.Identity) == ("model.head_activation=none" in head_options)
+               for h in probe.heads.values() if h.has_tap)
     for p in probe.heads.parameters():
         torch.nn.init.normal_(p, std=0.1)
     x, mask = torch.randn(2, 3, 101, 83), torch.randint(0, 21, (2, 101, 83))
     target = probe.target_from_mask(mask) if mode == "box" else mask
     taps = probe.features(x)
-    assert taps["layer1.0"].shape[-2:] == (26, 21) and len(read_rows(26, 5)) == 10
+    assert taps["layer1.0"].shape[-2:] == (26, 21) and len(read_rows(26, 5, upsampling)) == (10 if upsampling == "bilinear" else 5)
     assert taps["layer4.0"].shape[-2:] == (4, 3) and not any(t.requires_grad for t in taps.values())
     out = probe(x)
     sum(F.cross_entropy(z, target, ignore_index=255) for z in out.values()).backward()

@@ -12,7 +12,7 @@ from skipseg.core.runtime import Runtime
 from skipseg.errors import SkipsegError
 from skipseg.inference.aggregate import crop_batch, proposal_scores
 from skipseg.inference.predictor import predict_probs
-from skipseg.models.skipnet import cell_index, cells_mirror_symmetric
+from skipseg.models.cells import cell_index, cells_mirror_symmetric
 
 CPU = Runtime(torch.device("cpu"), None, False)
 

@@ -13,7 +13,8 @@ from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import predict_probs
 from skipseg.models import build_model, describe_model
 from skipseg.models import init as model_init
-from skipseg.models.skipnet import cell_index, majority_vote, resolve_tap
+from skipseg.models.cells import cell_index, centre_label, majority_vote
+from skipseg.models.skipnet import resolve_tap
 from skipseg.models.taps import default_weights
 
 CPU = Runtime(torch.device("cpu"), None, False)
@@ -74,6 +75,34 @@ def test_majority_vote_matches_a_loop_over_cells():
                 void = int((cell == 255).sum())
                 expected = 255 if void > counts.sum() or counts.sum() == 0 else int(counts.argmax())
                 assert int(target[n, i, j]) == expected
+
+
+def test_centre_label_by_hand():
+    """10 pixels, G = 4: cells 0-2, 3-4, 5-7, 8-9; their centres (i + ½)·10/4 fall in pixels 1, 3, 6, 8."""
+    row = torch.tensor([2, 4, 2, 5, 1, 3, 255, 3, 6, 1])
+    mask = row.view(1, 1, 10).expand(1, 10, 10).clone()  # every row the same
+    target = centre_label(mask, (4, 4), num_classes=7)
+    assert target[0, 0].tolist() == [4, 5, 255, 6]  # pixel 6 is void: so is its cell
+    assert majority_vote(mask, (4, 4), num_classes=7)[0, 0].tolist() == [2, 1, 3, 1]  # another rule, other labels
+    # G > H: 3 pixels in 5 cells (0 | - | 1 | - | 2): the empty cells are void
+    assert centre_label(torch.tensor([[[1, 2, 3]]]), (1, 5), num_classes=4)[0, 0].tolist() == [1, 255, 2, 255, 3]
+
+
+def test_head_options_reach_the_head_and_bad_values_name_the_key():
+    torch.manual_seed(0)
+    model = build_model("skipnet", num_classes=5, tap="1", grid=4, head_activation="none", score_init="normal",
+                        cell_label="centre", score_upsampling="nearest", **SMALL)
+    head = model.head
+    assert isinstance(head.activation, torch.nn.Identity) and head.upsampling == "nearest"
+    assert head.score_tap.weight.abs().sum() > 0 and head.score_top.weight.std() < 0.05  # small random init
+    mask = torch.randint(0, 5, (2, 45, 61))
+    assert torch.equal(model.target_from_mask(mask), centre_label(mask, (4, 4), 5))
+    default = build_model("skipnet", num_classes=5, tap="1", grid=4, **SMALL).head
+    assert isinstance(default.activation, torch.nn.ReLU) and default.score_tap.weight.abs().sum() == 0
+    for key, value in (("head_activation", "tanh"), ("score_init", "ones"), ("cell_label", "mode"),
+                       ("score_upsampling", "bicubic")):
+        with pytest.raises(SkipsegError, match=f"model.{key}: '{value}'"):
+            build_model("skipnet", num_classes=5, **{key: value}, **SMALL)
 
 
 def test_inception_v3_geometry_at_559():
