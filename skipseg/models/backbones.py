@@ -58,6 +58,7 @@ class Backbone(nn.Module):
     torchvision_arch: str | None = None  # the torchvision classifier whose state_dict loads here, e.g. "vgg16_bn"
     torchvision_fc: dict[str, tuple[str, int]] = {}  # conv name -> (torchvision Linear key prefix, kernel)
     torchvision_ignore: tuple[str, ...] = ()  # torchvision key prefixes with no counterpart here
+    torchvision_extra: tuple[str, ...] = ()  # key prefixes here with no torchvision counterpart (kept as built)
 
     def tap(self, name: str) -> TapInfo:
         for info in self.feature_info:

@@ -21,7 +21,7 @@ layers ("surgery"), and the BN after fc6/fc7 has no ImageNet counterpart (identi
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 from torch import Tensor, nn
 from torchvision.models.vgg import make_layers
@@ -43,15 +43,12 @@ DECODER = (
     ("unpool1", "pool1", (("deconv1_1", 64, 64), ("deconv1_2", 64, 64))),
 )
 
-Switches = dict[str, tuple[Tensor, tuple[int, int]]]  # pool name -> (indices, input size of the pool)
-
-
 class DeconvNetBackbone(StagedBackbone):
     """The encoder: torchvision `vgg16_bn` features with switch-recording pools, fc6/fc7 + BN + ReLU.
 
-    Taps pool1..pool5 (strides 2..32) and fc7 (1×1 at `input_size`, whose pool5 map fc6's kernel
-    covers). `forward(x)` returns the taps as every backbone does; `forward(x, return_switches=True)`
-    returns `(taps, switches)` for the decoder.
+    Taps pool1..pool5 (strides 2..32), fc7 (1×1 at `input_size`, whose pool5 map fc6's kernel
+    covers) and each pooling's switches, `poolK_switches` (int64: where each maximum came from, on
+    the pool's output grid), which the decoder's unpooling reads.
     """
 
     # `pretrained: imagenet` (the paper): VGG16's convolutions, each followed by a batch norm that
@@ -61,6 +58,7 @@ class DeconvNetBackbone(StagedBackbone):
     torchvision_arch = "vgg16_bn"
     torchvision_fc = {"fc6": ("classifier.0", 7), "fc7": ("classifier.3", 1)}
     torchvision_ignore = ("classifier.6.",)
+    torchvision_extra = ("bn6.", "bn7.")  # the batch norms after fc6/fc7: none in VGG16-BN's classifier
 
     def __init__(self, width: float = 1.0, input_size: int = INPUT_SIZE) -> None:
         super().__init__()
@@ -80,21 +78,24 @@ class DeconvNetBackbone(StagedBackbone):
                 start = i + 1
         stages.append(("fc7", cfc, [self.fc6, self.bn6, self.relu6, self.fc7, self.bn7, self.relu7]))
         self._set_stages(stages)
+        # each pool's switches right after it, on its grid
+        self.feature_info = [tap for info in self.feature_info for tap in
+                             ([info, replace(info, name=f"{info.name}_switches")] if info.name.startswith("pool") else [info])]
 
-    def forward(self, x: Tensor, return_switches: bool = False):
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
         self.check_input(x)
         taps: dict[str, Tensor] = {}
-        switches: Switches = {}
         for name, layers in self._stages:
+            switches = None
             for layer in layers:
                 if isinstance(layer, SwitchPool):
-                    size = (int(x.shape[-2]), int(x.shape[-1]))
-                    x, indices = layer(x)  # [N, C, H/2, W/2] and where each maximum came from
-                    switches[name] = (indices, size)
+                    x, switches = layer(x)  # [N, C, H/2, W/2], and where each maximum came from
                 else:
                     x = layer(x)
             taps[name] = x
-        return (taps, switches) if return_switches else taps
+            if switches is not None:
+                taps[f"{name}_switches"] = switches
+        return taps
 
 
 def check_input_size(size: int) -> int:
@@ -111,25 +112,42 @@ def _deconv(cin: int, cout: int, kernel: int, padding: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
+class DeconvNetDecoder(nn.Module):
+    """The decoder of Table 2: deconv-fc6, then each unpooling (from its pool's switches) and its
+    deconvolutions, then the 1×1 scoring conv; `forward(taps) -> [N, num_classes, S, S]`."""
+
+    def __init__(self, num_classes: int, width: float, kernel: int) -> None:
+        super().__init__()
+        self.deconv_fc6 = _deconv(scaled(4096, width), scaled(512, width), kernel, 0)  # mirrors fc6
+        for unpool, _, deconvs in DECODER:
+            setattr(self, unpool, Unpool(2))
+            for name, cin, cout in deconvs:
+                setattr(self, name, _deconv(scaled(cin, width), scaled(cout, width), 3, 1))
+        self.score = nn.Conv2d(scaled(64, width), num_classes, 1)
+
+    def forward(self, taps: dict[str, Tensor]) -> Tensor:
+        y = self.deconv_fc6(taps["fc7"])  # [N, 512w, S/32, S/32] (7×7 at S = 224)
+        for unpool, pool, deconvs in DECODER:
+            switches = taps[f"{pool}_switches"]  # the input is a multiple of 32: every pool halves exactly
+            y = getattr(self, unpool)(y, switches, (2 * switches.shape[-2], 2 * switches.shape[-1]))  # sparse
+            for name, _, _ in deconvs:
+                y = getattr(self, name)(y)  # [N, C', 2h, 2w], dense
+        return self.score(y)  # [N, num_classes, S, S]
+
+
 class DeconvNet(nn.Module):
-    """Encoder (`backbone`, named taps) + the mirrored unpooling/deconvolution decoder of Table 2."""
+    """Encoder (`backbone`, named taps, switches included) + the mirrored decoder of Table 2."""
 
     # The paper's fully connected layers as convolutions; the runtime computes them as matmuls on
     # small CPU maps (`core.fc_matmul`).
-    fully_connected = ("backbone.fc6", "deconv_fc6.0")
+    fully_connected = ("backbone.fc6", "decoder.deconv_fc6.0")
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, input_size: int = INPUT_SIZE) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.input_size = (input_size, input_size)  # what the predictor resizes images and crops to
         self.backbone = DeconvNetBackbone(width, input_size)
-        kernel = input_size // 32  # deconv-fc6 mirrors fc6: 1×1 → kernel×kernel (7×7 at 224)
-        self.deconv_fc6 = _deconv(scaled(4096, width), scaled(512, width), kernel, 0)
-        for unpool, _, deconvs in DECODER:
-            setattr(self, unpool, Unpool(2))
-            for name, cin, cout in deconvs:
-                setattr(self, name, _deconv(scaled(cin, width), scaled(cout, width), 3, 1))
-        self.score = nn.Conv2d(scaled(64, width), num_classes, 1)
+        self.decoder = DeconvNetDecoder(num_classes, width, input_size // 32)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -142,7 +160,7 @@ class DeconvNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.score.weight, std=0.01)
+        nn.init.normal_(self.decoder.score.weight, std=0.01)
 
     def check_input(self, x: Tensor) -> None:
         h, w = (int(s) for s in x.shape[-2:])
@@ -160,14 +178,7 @@ class DeconvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        taps, switches = self.backbone(x, return_switches=True)  # fc7: [N, 4096w, 1, 1]
-        y = self.deconv_fc6(taps["fc7"])  # [N, 512w, S/32, S/32] (7×7 at S = 224)
-        for unpool, pool, deconvs in DECODER:
-            indices, size = switches[pool]
-            y = getattr(self, unpool)(y, indices, size)  # [N, C, 2h, 2w], sparse
-            for name, _, _ in deconvs:
-                y = getattr(self, name)(y)  # [N, C', 2h, 2w], dense
-        return self.score(y)  # [N, num_classes, S, S]
+        return self.decoder(self.backbone(x))  # [N, 3, S, S] → taps → [N, num_classes, S, S]
 
     def layers(self) -> list[tuple[str, nn.Module]]:
         """Every layer of Table 2, in its order and with its name, paired with the module whose
@@ -181,24 +192,13 @@ class DeconvNet(nn.Module):
             elif isinstance(layer, SwitchPool):
                 out.append((f"pool{block}", layer))
                 block, index = block + 1, 1
-        out += [("fc6", self.backbone.fc6), ("fc7", self.backbone.fc7), ("deconv-fc6", self.deconv_fc6[0])]
+        decoder = self.decoder
+        out += [("fc6", self.backbone.fc6), ("fc7", self.backbone.fc7), ("deconv-fc6", decoder.deconv_fc6[0])]
         for unpool, _, deconvs in DECODER:
-            out.append((unpool, getattr(self, unpool)))
-            out += [(name.replace("_", "-"), getattr(self, name)[0]) for name, _, _ in deconvs]
-        out.append(("output", self.score))
+            out.append((unpool, getattr(decoder, unpool)))
+            out += [(name.replace("_", "-"), getattr(decoder, name)[0]) for name, _, _ in deconvs]
+        out.append(("output", decoder.score))
         return out
-
-
-class _TorchvisionPart(nn.Module):
-    """The layers of the backbone that a torchvision `vgg16_bn` classifier has (the same module
-    objects, so loading into this view loads into the backbone); what `initialize` loads into."""
-
-    def __init__(self, backbone: DeconvNetBackbone) -> None:
-        super().__init__()
-        self.features, self.fc6, self.fc7 = backbone.features, backbone.fc6, backbone.fc7
-        self.torchvision_weights, self.torchvision_arch = backbone.torchvision_weights, backbone.torchvision_arch
-        self.paper_weights = backbone.paper_weights
-        self.torchvision_fc, self.torchvision_ignore = backbone.torchvision_fc, backbone.torchvision_ignore
 
 
 @register_model("deconvnet", "DeconvNet (Noh et al. 2015): VGG16-BN encoder, unpooling/deconvolution decoder, 224x224")
@@ -212,9 +212,5 @@ def deconvnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None 
     224 the classifier's 7x7 average pooling is folded into fc6, see `init.fc_to_conv`)."""
     check_input_size(input_size)
     model = DeconvNet(num_classes, width, input_size)
-    if init_from is not None:
-        initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
-    else:
-        view = SimpleNamespace(backbone=_TorchvisionPart(model.backbone))
-        initialize(view, width=width, pretrained=pretrained, weights=weights)  # type: ignore[arg-type]
+    initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
     return model

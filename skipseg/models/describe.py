@@ -7,7 +7,7 @@ CPU forward for a model with an operation the meta device lacks.
 
 A model may also list its layers, `model.layers() -> [(name, module), ...]` (DeconvNet: every row of
 the paper's Table 2); the description then has a `layers` entry with each one's output shape, read
-by forward hooks. A backbone may return `(taps, extras)` (DeconvNet's switches); the taps are used.
+by forward hooks.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def describe_module(model: nn.Module, size: tuple[int, int], device: str | torch
     """Run `model` once on a `[1, 3, H, W]` input and record its output and backbone tap shapes."""
     captured: dict[str, Any] = {}
     handles = [model.backbone.register_forward_hook(
-        lambda mod, args, out: captured.__setitem__("taps", out[0] if isinstance(out, tuple) else out))]
+        lambda mod, args, out: captured.__setitem__("taps", out))]
     layers = list(model.layers()) if callable(getattr(model, "layers", None)) else []
     shapes: dict[int, list[int]] = {}
     for i, (_, module) in enumerate(layers):

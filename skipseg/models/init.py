@@ -88,11 +88,12 @@ def plain_vgg_into_batch_norm(backbone: nn.Module, state: Mapping[str, Tensor]) 
     return out
 
 
-def load_exactly(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+def load_exactly(module: nn.Module, state: Mapping[str, Tensor], source: str, keep: tuple[str, ...] = ()) -> None:
     """Load every tensor of `module` from `state`; a missing, extra or misshapen key is an error
-    naming it. (BatchNorm's `num_batches_tracked` may be missing: older files lack it.)"""
+    naming it. (BatchNorm's `num_batches_tracked` may be missing: older files lack it.) Keys that
+    start with a prefix in `keep` may be missing: those layers keep their values."""
     target = module.state_dict()
-    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked") and not k.startswith(keep)]
     unexpected = [k for k in state if k not in target]
     if missing or unexpected:
         raise SkipsegError(
@@ -241,10 +242,10 @@ def initialize(
         state = imagenet_state_dict(name)
         if name == paper:
             state = plain_vgg_into_batch_norm(backbone, state)
-        load_exactly(backbone, torchvision_to_backbone(backbone, state), name)
+        load_exactly(backbone, torchvision_to_backbone(backbone, state), name, backbone.torchvision_extra)
         logger.info("backbone initialised from %s", name)
     if weights is not None:
         state = read_state_dict(weights)
-        load_exactly(backbone, torchvision_to_backbone(backbone, state), str(weights))
+        load_exactly(backbone, torchvision_to_backbone(backbone, state), str(weights), backbone.torchvision_extra)
         logger.info("backbone initialised from %s", weights)
     return None

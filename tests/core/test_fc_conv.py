@@ -93,7 +93,7 @@ def test_optimizer_is_fused_on_cpu_and_steps_like_the_plain_one(name):
 
 @pytest.mark.parametrize("name, options, expected", [
     ("fcn8s", dict(width=0.125), {"backbone.fc6": FCConv2d, "backbone.fc7": FCConv2d}),
-    ("deconvnet", dict(width=0.125, input_size=64), {"backbone.fc6": FCConv2d, "deconv_fc6.0": FCConvTranspose2d}),
+    ("deconvnet", dict(width=0.125, input_size=64), {"backbone.fc6": FCConv2d, "decoder.deconv_fc6.0": FCConvTranspose2d}),
 ])
 def test_runtime_computes_exactly_the_papers_fully_connected_layers_as_matmuls(name, options, expected):
     """The model is built with plain convolutions; `prepare_model` swaps the layers it lists in

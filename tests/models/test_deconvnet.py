@@ -15,7 +15,6 @@ from skipseg.cli import main
 from skipseg.core.checkpoint import save_checkpoint
 from skipseg.errors import SkipsegError
 from skipseg.models import init as model_init
-from skipseg.models import deconvnet as deconvnet_module
 from skipseg.models.backbones import VGG16_CFG, scaled, vgg16_classifier
 from skipseg.models.describe import describe_model
 from skipseg.models.registry import build_model
@@ -70,8 +69,11 @@ def test_describe_lists_every_table2_layer() -> None:
         (name, [c, s, s]) for name, _, s, c in TABLE2
     ]
     assert [(t["name"], t["stride"], t["shape"]) for t in info["taps"]] == [
-        ("pool1", 2, [112, 112]), ("pool2", 4, [56, 56]), ("pool3", 8, [28, 28]), ("pool4", 16, [14, 14]),
-        ("pool5", 32, [7, 7]), ("fc7", 32, [1, 1]),
+        # each pooling's switches are taps too, on the pool's grid: what the decoder unpools with
+        ("pool1", 2, [112, 112]), ("pool1_switches", 2, [112, 112]), ("pool2", 4, [56, 56]),
+        ("pool2_switches", 4, [56, 56]), ("pool3", 8, [28, 28]), ("pool3_switches", 8, [28, 28]),
+        ("pool4", 16, [14, 14]), ("pool4_switches", 16, [14, 14]), ("pool5", 32, [7, 7]),
+        ("pool5_switches", 32, [7, 7]), ("fc7", 32, [1, 1]),
     ]
     small = describe_model("deconvnet", width=0.25, num_classes=3)
     assert small["layers"][-2] == {"name": "deconv1-2", "shape": [16, 224, 224]}
@@ -140,8 +142,12 @@ def test_input_checks() -> None:
     with pytest.raises(SkipsegError, match="batches of at least 2"):
         model.train()(torch.zeros(1, 3, 224, 224))
     taps = model.eval().backbone(torch.zeros(1, 3, 224, 224))
-    assert list(taps) == ["pool1", "pool2", "pool3", "pool4", "pool5", "fc7"]
+    pools = ["pool1", "pool2", "pool3", "pool4", "pool5"]
+    assert list(taps) == [tap for p in pools for tap in (p, f"{p}_switches")] + ["fc7"]
     assert taps["fc7"].shape == (1, scaled(4096, TINY), 1, 1)
+    for pool in pools:
+        switches = taps[f"{pool}_switches"]
+        assert switches.dtype == torch.int64 and switches.shape == taps[pool].shape
 
 
 def test_channels_last_and_autocast() -> None:
@@ -227,9 +233,9 @@ def test_pretrained_imagenet_is_the_papers_vgg16_with_identity_batch_norm(monkey
     torch.manual_seed(0)  # the mapping itself, at a tiny width
     model = build_model("deconvnet", num_classes=3, width=1 / 16, input_size=32).eval()
     vgg = vgg16_classifier(batch_norm=False, width=1 / 16)
-    view = deconvnet_module._TorchvisionPart(model.backbone)
-    state = model_init.torchvision_to_backbone(view, model_init.plain_vgg_into_batch_norm(view, vgg.state_dict()))
-    model_init.load_exactly(view, state, "vgg16 (test)")
+    backbone = model.backbone
+    state = model_init.torchvision_to_backbone(backbone, model_init.plain_vgg_into_batch_norm(backbone, vgg.state_dict()))
+    model_init.load_exactly(backbone, state, "vgg16 (test)", backbone.torchvision_extra)
     features = model.backbone.features
     convs = [layer for layer in features if isinstance(layer, nn.Conv2d)]
     plain = [layer for layer in vgg.features if isinstance(layer, nn.Conv2d)]
@@ -262,7 +268,7 @@ def test_cpu_input_sizes_scale_fc6_and_deconv_fc6(size) -> None:
     model = build_model("deconvnet", width=TINY, num_classes=3, input_size=size)
     kernel = size // 32
     assert model.input_size == (size, size)
-    assert model.backbone.fc6.kernel_size == (kernel, kernel) == model.deconv_fc6[0].kernel_size
+    assert model.backbone.fc6.kernel_size == (kernel, kernel) == model.decoder.deconv_fc6[0].kernel_size
     out = model.train()(torch.randn(2, 3, size, size))
     assert out.shape == (2, 3, size, size)
     info = describe_model("deconvnet", size=(size, size), width=TINY, input_size=size)

@@ -41,7 +41,6 @@ def test_build_model_contract() -> None:
         assert model.num_classes == 4
         size = getattr(model, "input_size", None) or (64, 64)  # DeconvNet takes 224x224 only
         taps = model.backbone(torch.randn(2, 3, *size))
-        taps = taps[0] if isinstance(taps, tuple) else taps  # (taps, pooling switches)
         assert list(taps) == [info.name for info in model.backbone.feature_info]
 
 
