@@ -83,18 +83,14 @@ def _finish(conv: nn.Conv2d | nn.ConvTranspose2d, out: Tensor, x: Tensor) -> Ten
 
 def fully_connected_as_matmul(model: nn.Module) -> nn.Module:
     """`model` with each layer named in `model.fully_connected` (module paths, e.g. "backbone.fc6")
-    replaced by its matmul twin, holding the same parameter objects; other models are returned as
+    turned into its matmul twin in place: the same object, parameters and hooks, so every reference
+    to it (a backbone's list of stages too) computes the matmul form. Other models are returned as
     they are."""
     for path in getattr(model, "fully_connected", ()):
-        parent_path, _, name = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        layer = getattr(parent, name)
+        layer = model.get_submodule(path)
         twin_class = _TWINS.get(type(layer))
-        if twin_class is None:
-            continue  # already substituted (prepare_model called twice)
-        twin = twin_class.__new__(twin_class)
-        twin.__dict__.update(layer.__dict__)  # the same parameters, buffers and settings
-        setattr(parent, name, twin)
+        if twin_class is not None:  # None: already substituted (prepare_model called twice)
+            layer.__class__ = twin_class  # a subclass without state of its own: only forward changes
     return model
 
 

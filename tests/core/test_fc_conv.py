@@ -7,6 +7,7 @@ from torch import nn
 
 from skipseg.config import TrainConfig
 from skipseg.engine.optim import build_optimizer
+from skipseg.core import fc_matmul
 from skipseg.core.fc_matmul import FCConv2d, FCConvTranspose2d, _matmul_output_size, fully_connected_as_matmul
 
 
@@ -95,7 +96,7 @@ def test_optimizer_is_fused_on_cpu_and_steps_like_the_plain_one(name):
     ("fcn8s", dict(width=0.125), {"backbone.fc6": FCConv2d, "backbone.fc7": FCConv2d}),
     ("deconvnet", dict(width=0.125, input_size=64), {"backbone.fc6": FCConv2d, "decoder.deconv_fc6.0": FCConvTranspose2d}),
 ])
-def test_runtime_computes_exactly_the_papers_fully_connected_layers_as_matmuls(name, options, expected):
+def test_runtime_computes_exactly_the_papers_fully_connected_layers_as_matmuls(name, options, expected, monkeypatch):
     """The model is built with plain convolutions; `prepare_model` swaps the layers it lists in
     `fully_connected` for their matmul twins, holding the same parameters (state_dict unchanged)."""
     from skipseg.core.runtime import make_runtime
@@ -112,5 +113,9 @@ def test_runtime_computes_exactly_the_papers_fully_connected_layers_as_matmuls(n
     assert {k: v.data_ptr() for k, v in prepared.state_dict().items()} == before  # the same tensors
     assert fully_connected_as_matmul(prepared) is prepared  # a second call changes nothing
     x = torch.randn(2, 3, 64, 64)
+    ran = []  # the forward really goes through the matmul path of exactly those layers
+    monkeypatch.setattr(fc_matmul, "_matmul_output_size",
+                        lambda conv, *args, **kwargs: ran.append(conv) or _matmul_output_size(conv, *args, **kwargs))
     with torch.no_grad():
         torch.testing.assert_close(prepared(x), plain(x), rtol=1e-4, atol=1e-4)
+    assert [id(conv) for conv in ran] == [id(prepared.get_submodule(path)) for path in expected]
