@@ -161,3 +161,19 @@ def test_save_refuses_what_the_safe_loader_would_refuse(tmp_path):
     loaded = load_checkpoint(tmp_path / "ok.pt")
     assert loaded["config"] == state["config"] and loaded["shape"] == (3, 4)
     assert torch.equal(loaded["model"]["w"], torch.ones(2))
+
+
+def test_checkpoints_get_the_mode_an_ordinary_file_gets(tmp_path):
+    """Written through a private temp file (0600), a checkpoint still ends with the umask's mode, so
+    the others who share a run folder can read it, as they read its metrics.csv."""
+    import stat
+
+    previous = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path / "run" / "last.pt", {"model": {"w": torch.zeros(2)}, "config": {}})
+        (tmp_path / "run" / "metrics.csv").write_text("iteration\n")
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "run" / "last.pt").stat().st_mode)
+    assert mode == 0o640 == stat.S_IMODE((tmp_path / "run" / "metrics.csv").stat().st_mode)
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # no temp file left behind
