@@ -36,19 +36,20 @@ class _Entry:
 
 
 @dataclass(frozen=True)
-class RunDir:
-    """A training run's folder (`skipseg train --out`, a sweep's `runs/NAME`)."""
+class _Folder:
+    """A folder of a known layout; `str()` is its path."""
 
     path: Path
 
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path))
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     def __str__(self) -> str:
         return str(self.path)
+
+
+class RunDir(_Folder):
+    """A training run's folder (`skipseg train --out`, a sweep's `runs/NAME`)."""
 
     config = _Entry("config.yaml", "the resolved config")
     meta = _Entry("meta.json", "provenance: commit, versions, argv")
@@ -111,17 +112,8 @@ class RunDir:
 PROBE_RUN = "probe"  # the run folder of a probe-mode sweep: every head in one run
 
 
-@dataclass(frozen=True)
-class SweepDir:
+class SweepDir(_Folder):
     """A sweep's folder (`skipseg sweep --out`)."""
-
-    path: Path
-
-    def __init__(self, path: str | Path) -> None:
-        object.__setattr__(self, "path", Path(path))
-
-    def __str__(self) -> str:
-        return str(self.path)
 
     config = _Entry("sweep.yaml", "the resolved sweep config")
     plan = _Entry("plan.json", "the sweep's runs")
