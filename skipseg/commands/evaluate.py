@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                                "crf": options.crf is not None}
         if options.crf is not None:
             scores["crf_params"] = dataclasses.asdict(options.crf)  # the first run's `crf:` + --crf-params
-        RunDir(out).scores.write_text(json.dumps(scores, indent=2) + "\n")
+        metrics = RunDir(out).scores
+        metrics.write_text(json.dumps(scores, indent=2) + "\n")
         print(format_table(scores))
-        print(f"metrics → {RunDir(out).scores}")
+        print(f"metrics → {metrics}")
     return 0

@@ -123,12 +123,13 @@ def resolve_checkpoint(run_or_checkpoint: str | Path, prefer: str = "best") -> P
         return path
     if path.is_dir():
         run = RunDir(path)
-        stages = run.read_stages()
+        final = run.final()
         order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
         for name in order:
-            candidate = run.final().checkpoint(name)
+            candidate = final.checkpoint(name)
             if candidate.is_file():
                 return candidate
+        stages = run.read_stages()
         if stages is not None:
             done = ", ".join(stages.get("completed", [])) or "none"
             raise SkipsegError(f"{path}: staged run whose final stage '{stages['final']}' has no checkpoint yet "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from skipseg.errors import SkipsegError
 
@@ -122,3 +123,12 @@ class SweepDir(_Folder):
 
     def run(self, name: str) -> RunDir:
         return RunDir(self.runs / name)
+
+
+def completed_run(sweeps: Sequence[str | Path], name: str) -> RunDir:
+    """Run `name` in the first of a sweep's folders (its shards) where it is complete."""
+    for folder in sweeps:
+        run = SweepDir(folder).run(name)
+        if run.is_complete:
+            return run
+    raise SkipsegError(f"{', '.join(map(str, sweeps))}: no complete run {name!r}")

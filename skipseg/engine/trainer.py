@@ -51,7 +51,6 @@ class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  callbacks: tuple[StepCallback, ...] = ()) -> None:
         self.config, self.run_dir, self.progress, self.callbacks = config, Path(run_dir), progress, callbacks
-        self.folder = RunDir(run_dir)
         self.stop_requested = False
         cfg = config.train
         self.runtime: Runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
@@ -84,6 +83,11 @@ class Trainer:
         if self.runtime.is_main:
             save_run_config(self.run_dir, config)
         self.logbook = Logbook(self.run_dir, resume_step=self.step if resume else None) if self.runtime.is_main else None
+
+    @property
+    def folder(self) -> RunDir:
+        """The run folder's layout (`run_dir`'s)."""
+        return RunDir(self.run_dir)
 
     def build_model(self) -> nn.Module:
         """The model to train (a subclass may train something else, e.g. the probe's many heads)."""

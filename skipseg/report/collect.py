@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from skipseg.core.rundir import PROBE_RUN, RunDir, SweepDir
+from skipseg.core.rundir import PROBE_RUN, RunDir, SweepDir, completed_run
 from skipseg.errors import SkipsegError
 
 SCORE_KEYS = ("mean_iou", "pixel_acc", "mean_acc", "fw_iou")
@@ -221,7 +221,7 @@ def sweep_best(dirs: Sequence[Path]) -> tuple[System | None, TrainingRun | None]
     which = "no connection" if best.get("label") is None else f"tap {best['label']}, n = {best['kernel']}"
     label = f"skipnet {config.model.backbone or 'inception_v3'}: {which}"
     name = PROBE_RUN if mode == "probe" else best["name"]
-    run = next(SweepDir(d).run(name) for d in dirs if SweepDir(d).run(name).is_complete)
+    run = completed_run(dirs, name)
     system = System(label, best, run.scores, [run.path], split=config.data.val_split,
                     head=best["name"] if mode == "probe" else None, prefer="last")
     log = None

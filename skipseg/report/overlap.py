@@ -28,12 +28,13 @@ def run_folders(path: str | Path) -> list[Path]:
         return _runs_of_metrics(path)
     if path.is_file():  # a checkpoint: RUN/checkpoints/NAME.pt
         return run_folders(path.parent.parent) if path.parent.name == RunDir.checkpoints.name else []
-    stages = RunDir(path).read_stages() if path.is_dir() else None
+    run = RunDir(path)
+    stages = run.read_stages() if path.is_dir() else None
     if stages is not None:
         return [path / name for name in stages["stages"]]
-    if RunDir(path).config.is_file():
+    if run.config.is_file():
         return [path]
-    for metrics in RunDir(path).scores_anywhere:
+    for metrics in run.scores_anywhere:
         if metrics.is_file():
             return _runs_of_metrics(metrics)
     return []

@@ -105,7 +105,7 @@ def score_map_figure(samples: Sequence[Sample], maps_fn: MapsFn, class_names: Se
 
 def sweep_score_maps(config, records: Sequence[dict], dirs: Sequence[Path], mode: str, out_dir: Path) -> list[Path]:
     """A figure per connection (its best n) of a finished sweep, into `out_dir`."""
-    from skipseg.core.rundir import PROBE_RUN, SweepDir
+    from skipseg.core.rundir import PROBE_RUN, completed_run
     from skipseg.data.datasets import open_dataset
     from skipseg.data.transforms import eval_transforms
     from skipseg.engine.probe import probe_from_run
@@ -123,12 +123,10 @@ def sweep_score_maps(config, records: Sequence[dict], dirs: Sequence[Path], mode
     for label, rec in best_by_tap(records).items():
         name = rec["name"]
         if mode == "probe":
-            run = next(SweepDir(d).run(PROBE_RUN) for d in dirs if SweepDir(d).run(PROBE_RUN).is_complete)
-            probe = probe if probe is not None else probe_from_run(run.path)
+            probe = probe if probe is not None else probe_from_run(completed_run(dirs, PROBE_RUN).path)
             maps = model_maps(probe, name)
         else:
-            run = next(SweepDir(d).run(name) for d in dirs if SweepDir(d).run(name).is_complete)
-            model, _, _ = model_from_checkpoint(run.path, prefer="last")
+            model, _, _ = model_from_checkpoint(completed_run(dirs, name).path, prefer="last")
             maps = model_maps(model)
         what = "no connection: z of the top" if label is None else f"tap {label} ({rec['tap']}), n = {rec['kernel']}: z"
         written.append(score_map_figure(samples, maps, dataset.class_names, f"{what} per class",
