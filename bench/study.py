@@ -26,9 +26,10 @@ import torch
 
 from bench.common import ROOT, Context, add_target, figure
 from skipseg.config import Config
-from skipseg.engine.probe import HeadSpec, ProbeTrainer
+from skipseg.engine.probe import ProbeTrainer
 from skipseg.engine.sweep import expand, load_sweep_config, run_config
 from skipseg.engine.trainer import Trainer
+from skipseg.models.probe import HeadSpec
 
 CONFIG = ROOT / "configs" / "skip_inception_shapes.yaml"
 PROBE_TARGET = 1.5

@@ -30,9 +30,10 @@ import yaml
 from skipseg.config import Config, config_to_dict, load_config
 from skipseg.core.rundir import PROBE_RUN, SweepDir
 from skipseg.engine.evaluator import evaluate_model
-from skipseg.engine.probe import HeadSpec, ProbeTrainer, evaluate_heads
+from skipseg.engine.probe import ProbeTrainer, evaluate_heads
 from skipseg.engine.trainer import Trainer
 from skipseg.errors import SkipsegError
+from skipseg.models.probe import HeadSpec
 
 
 

@@ -12,7 +12,9 @@ from conftest import tiny_train_config
 from skipseg.cli import main
 from skipseg.core.checkpoint import load_checkpoint
 from skipseg.engine.evaluator import evaluate_model
-from skipseg.engine.probe import HeadSpec, build_probe, head_conv, probe_from_run, read_rows
+from skipseg.engine.batched_heads import BatchedProbeNet, head_conv, read_rows
+from skipseg.engine.probe import HeadSpec, build_probe, probe_from_run
+from skipseg.models.probe import ProbeNet
 from skipseg.core.runtime import Runtime
 from skipseg.models.skipnet import SkipNet
 from test_sweep import tiny_sweep
@@ -85,11 +87,15 @@ def test_small_map_conv_has_conv2d_outputs_and_weight_gradients():
 def test_bulk_forward_equals_every_head_alone(shapes_root, mode, head_options):
     """Fused top convs, the rows the grid reads in strips (layer1.0: 26×21 → 5×5 reads 10 rows
     bilinearly), a 7×7 kernel trimmed to layer4.0's 4×3 map: each head's scores and gradients are its
-    own (up to float32 rounding: the convs sum in another order), with the head options too."""
+    own (up to float32 rounding: the convs sum in another order), with the head options too; and the
+    plain `ProbeNet` (head by head) gives those same scores."""
     heads = [HeadSpec("noskip", None, None), HeadSpec("a3", "layer1.0", 3), HeadSpec("a7", "layer1.0", 7),
              HeadSpec("b5", "layer3.0", 5), HeadSpec("c7", "layer4.0", 7), HeadSpec("c3", "layer4.0", 3)]
     torch.manual_seed(0)
-    probe = build_probe(probe_config(shapes_root, f"model.mode={mode}", *head_options), heads).train()
+    config = probe_config(shapes_root, f"model.mode={mode}", *head_options)
+    probe = build_probe(config, heads).train()
+    plain = build_probe(config, heads, batched=False).train()
+    assert type(probe) is BatchedProbeNet and type(plain) is ProbeNet
     upsampling = probe.upsampling
     assert all(isinstance(h.activation, torch.nn.Identity) == ("model.head_activation=none" in head_options)
                for h in probe.heads.values() if h.has_tap)
@@ -101,6 +107,9 @@ def test_bulk_forward_equals_every_head_alone(shapes_root, mode, head_options):
     assert taps["layer1.0"].shape[-2:] == (26, 21) and len(read_rows(26, 5, upsampling)) == (10 if upsampling == "bilinear" else 5)
     assert taps["layer4.0"].shape[-2:] == (4, 3) and not any(t.requires_grad for t in taps.values())
     out = probe(x)
+    plain.load_state_dict(probe.state_dict())  # the substitution keeps the state_dict's keys
+    for name, z in plain(x).items():
+        torch.testing.assert_close(out[name], z, rtol=1e-4, atol=1e-4, msg=name)
     sum(F.cross_entropy(z, target, ignore_index=255) for z in out.values()).backward()
     assert all(p.grad is None for p in probe.backbone.parameters())
     trimmed = probe.heads["c7"].conv_tap.weight.grad  # [8, 512, 7, 7] on a 4×3 map: columns 0 and 6 unused
