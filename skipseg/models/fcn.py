@@ -1,8 +1,9 @@
 """Fully convolutional networks (Long, Shelhamer, Darrell 2015): FCN-32s/16s/8s on VGG16 and
 FCN-32s on AlexNet and GoogLeNet, as backbone (named taps) + an FCN head.
 
-Layer names follow the reference (`score_fr`, `score_pool4`, `upscore2`, `upscore_pool4`,
-`upscore8`, ...) so that staged training copies FCN-32s → FCN-16s → FCN-8s by name. How the score
+The head's layer names follow the reference (`head.score_fr`, `head.score_pool4`, `head.upscore2`,
+`head.upscore_pool4`, `head.upscore8`, ...) so that staged training copies FCN-32s → FCN-16s →
+FCN-8s by name. How the score
 maps are kept aligned with the input is explained in `upsample.py`.
 """
 from __future__ import annotations
@@ -27,12 +28,12 @@ def _score(in_channels: int, num_classes: int) -> nn.Conv2d:
     return conv
 
 
-class FCN(nn.Module):
+class FCNHead(nn.Module):
     """Score the top tap, then for each skip tap (coarse to fine): upsample the running score to
     the skip's stride, add the skip's score; finally upsample to the input and crop to it.
 
     Args:
-        backbone: a `Backbone`; `top` and `skips` name its taps.
+        backbone: the `Backbone` whose taps `top` and `skips` name (read for channels and grids).
         skip_scales: multiply each skip's features before scoring (FCN-8s at-once: 0.01, 0.0001).
         learnable_upsampling: train the transposed convs (bilinear init either way).
         edge_pad: cells of edge replication before each upsampling (0 in the reference layout).
@@ -49,8 +50,7 @@ class FCN(nn.Module):
         edge_pad: int = 1,
     ) -> None:
         super().__init__()
-        self.backbone, self.num_classes, self.top = backbone, num_classes, top
-        self.fully_connected = tuple(f"backbone.{name}" for name in getattr(backbone, "fully_connected", ()))
+        self.top = top
         info = backbone.tap(top)
         self.score_fr = _score(info.channels, num_classes)
         scales = tuple(skip_scales) if skip_scales is not None else (1.0,) * len(skips)
@@ -81,16 +81,37 @@ class FCN(nn.Module):
         map is cropped instead) and the final crop, e.g. (-5, -9, 31) for the reference FCN-8s."""
         return tuple(s[3] for s in self.stages) + (self.crop_start,)
 
-    def forward(self, x: Tensor) -> Tensor:
-        size = x.shape[-2:]
-        taps = self.backbone(x)  # {name: [N, C_tap, H / stride, W / stride] (about)}
+    def forward(self, taps: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
         score = self.score_fr(taps[self.top])  # [N, K, h_top, w_top]
         for up_name, tap, scale, shift in self.stages:
             feat = taps[tap] * scale if scale != 1.0 else taps[tap]
             # [N, K, 2 h, 2 w] (plus edges) + [N, K, h_tap, w_tap] -> the cells both cover
             score = fuse(getattr(self, up_name)(score), getattr(self, f"score_{tap}")(feat), shift)
         score = getattr(self, self.final)(score)  # [N, K, >= H, >= W]
-        return crop(score, self.crop_start, (size[0], size[1]))  # [N, K, H, W]
+        return crop(score, self.crop_start, size)  # [N, K, H, W]
+
+
+class FCN(nn.Module):
+    """A backbone (named taps) + an `FCNHead`; the arguments are the head's (see `FCNHead`)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        top: str,
+        skips: Sequence[str] = (),
+        skip_scales: Sequence[float] | None = None,
+        learnable_upsampling: bool = False,
+        edge_pad: int = 1,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.num_classes = backbone, num_classes
+        self.fully_connected = tuple(f"backbone.{name}" for name in getattr(backbone, "fully_connected", ()))
+        self.head = FCNHead(backbone, num_classes, top, skips, skip_scales, learnable_upsampling, edge_pad)
+
+    def forward(self, x: Tensor) -> Tensor:
+        taps = self.backbone(x)  # {name: [N, C_tap, H / stride, W / stride] (about)}
+        return self.head(taps, (x.shape[-2], x.shape[-1]))  # [N, K, H, W]
 
 
 def _vgg_fcn(skips, scales, num_classes, width, pretrained, weights, init_from, learnable_upsampling,

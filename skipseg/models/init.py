@@ -162,10 +162,12 @@ def _strip_wrappers(key: str) -> str:
 
 
 def _layers(keys: list[str]) -> str:
-    """`backbone.features.0.weight, score_fr.bias, …` → "backbone (30 tensors), score_fr (2 tensors)"."""
+    """`backbone.features.0.weight, head.score_fr.bias, …` → "backbone (30 tensors), head.score_fr (2
+    tensors)": the backbone as one, a head by its layers (which of them staged training copies)."""
     counts: dict[str, int] = {}
     for key in keys:
-        top = key.split(".", 1)[0]
+        parts = key.split(".")
+        top = ".".join(parts[:2]) if parts[0] == "head" and len(parts) > 2 else parts[0]
         counts[top] = counts.get(top, 0) + 1
     return ", ".join(f"{name} ({n} tensor{'s' * (n != 1)})" for name, n in counts.items()) or "nothing"
 

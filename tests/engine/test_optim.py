@@ -31,7 +31,7 @@ def test_biases_get_their_own_lr_and_decay():
     torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 45, 61)), target).backward()
     grads = {n: p.grad.clone() for n, p in named.items()}
     optimizer.step()
-    bias, weight = "score_pool4.bias", "backbone.features.0.weight"
+    bias, weight = "head.score_pool4.bias", "backbone.features.0.weight"
     assert grads[bias].abs().sum() > 0
     assert torch.allclose(named[bias], before[bias] - 0.2 * grads[bias], atol=1e-7)
     assert torch.allclose(named[weight], before[weight] - 0.1 * (grads[weight] + 0.01 * before[weight]), atol=1e-7)
@@ -49,7 +49,7 @@ def test_the_schedule_scales_each_group_from_its_own_lr():
 
 def test_default_is_one_group_of_every_trainable_parameter():
     model = _tiny_fcn()
-    model.score_fr.requires_grad_(False)
+    model.head.score_fr.requires_grad_(False)
     optimizer = build_optimizer(model, dataclasses.replace(TrainConfig(), lr=0.5))
     (group,) = optimizer.param_groups
     assert len(group["params"]) == sum(p.requires_grad for p in model.parameters()) and group["lr"] == 0.5

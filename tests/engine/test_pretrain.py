@@ -51,7 +51,7 @@ def test_fcn_surgery_copies_the_pretrained_tensors_and_keeps_score_layers_zero(v
     assert torch.equal(mine["fc6.weight"], state["classifier.0.weight"].float().reshape(256, 32, 7, 7))
     assert torch.equal(mine["fc7.weight"][:, :, 0, 0], state["classifier.3.weight"].float())
     for name in ("score_fr", "score_pool4", "score_pool3"):
-        assert not getattr(model, name).weight.any()  # zero-initialised, as the reference
+        assert not getattr(model.head, name).weight.any()  # zero-initialised, as the reference
 
 
 def test_deconvnet_below_224_folds_the_classifier_pooling_into_fc6(vgg_file):

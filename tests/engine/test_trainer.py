@@ -68,7 +68,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, shapes_r
     def poison(trainer, step, loss):
         if step == 3:
             with torch.no_grad():
-                trainer.model.score_fr.bias.fill_(float("nan"))
+                trainer.model.head.score_fr.bias.fill_(float("nan"))
 
     with pytest.raises(SkipsegError, match=r"loss became nan at iteration 4.*checkpoints/last.pt"):
         Trainer(config, tmp_path / "run", progress=False, callbacks=(poison,)).run()

@@ -94,9 +94,9 @@ def test_fcn32s_output_is_bilinear_interpolation_of_its_scores() -> None:
     """Alignment: score_fr cell j is centred on pixel 32 j + 15.5, where align_corners=False puts it."""
     torch.manual_seed(0)
     model = build_model("fcn32s", width=TINY).eval()
-    nn.init.normal_(model.score_fr.weight)
+    nn.init.normal_(model.head.score_fr.weight)
     scores = {}
-    model.score_fr.register_forward_hook(lambda mod, args, out: scores.__setitem__("fr", out))
+    model.head.score_fr.register_forward_hook(lambda mod, args, out: scores.__setitem__("fr", out))
     with torch.inference_mode():
         for h, w in [(45, 61), (64, 64), (1, 1), (100, 33)]:
             out = model(torch.randn(1, 3, h, w))
@@ -132,7 +132,7 @@ def test_predictions_are_centred_mirror_symmetry(name: str, original_padding: bo
             for dim in (-1, -2):
                 assert torch.allclose(model(x.flip(dim)).flip(dim), out, atol=1e-5 * scale)
         # the test has teeth: a crop one pixel off breaks the symmetry
-        model.crop_start += 1
+        model.head.crop_start += 1
         x = torch.randn(1, 3, *sizes[0])
         assert not torch.allclose(model(x.flip(-1)).flip(-1), model(x), atol=1e-3 * scale)
 
@@ -141,7 +141,7 @@ def test_original_padding_reproduces_reference_crop_offsets() -> None:
     offsets = {"fcn32s": (19,), "fcn16s": (-5, 27), "fcn8s": (-5, -9, 31), "fcn8s_atonce": (-5, -9, 31)}
     for name, expected in offsets.items():
         model = build_model(name, width=TINY, original_padding=True)
-        assert model.crop_offsets == expected  # negative: the skip's scores are cropped (score_pool4c)
+        assert model.head.crop_offsets == expected  # negative: the skip's scores are cropped (score_pool4c)
         assert model.backbone.features[0].padding == (100, 100) and model.backbone.fc6.padding == (0, 0)
     default = build_model("fcn8s", width=TINY)
     assert default.backbone.features[0].padding == (1, 1) and default.backbone.fc6.padding == (3, 3)
@@ -151,11 +151,11 @@ def test_head_layers_and_initialisation() -> None:
     model = build_model("fcn8s", width=TINY, num_classes=5)
     assert model.num_classes == 5
     for name in ("score_fr", "score_pool4", "score_pool3"):
-        conv = getattr(model, name)
+        conv = getattr(model.head, name)
         assert conv.kernel_size == (1, 1) and conv.out_channels == 5
         assert not conv.weight.any() and not conv.bias.any()
     for name, factor in (("upscore2", 2), ("upscore_pool4", 2), ("upscore8", 8)):
-        up = getattr(model, name)
+        up = getattr(model.head, name)
         assert up.stride == (factor, factor) and not up.weight.requires_grad
         for c in range(5):
             assert torch.equal(up.weight[c, c], bilinear_kernel(factor))
@@ -164,7 +164,7 @@ def test_head_layers_and_initialisation() -> None:
     assert backbone.fc6.kernel_size == (7, 7) and backbone.fc7.kernel_size == (1, 1)
     assert isinstance(backbone.drop6, nn.Dropout) and isinstance(backbone.drop7, nn.Dropout)
     learnable = build_model("fcn16s", width=TINY, learnable_upsampling=True)
-    assert learnable.upscore2.weight.requires_grad and learnable.upscore16.weight.requires_grad
+    assert learnable.head.upscore2.weight.requires_grad and learnable.head.upscore16.weight.requires_grad
 
 
 def test_at_once_scales_skips_before_scoring() -> None:
@@ -173,7 +173,7 @@ def test_at_once_scales_skips_before_scoring() -> None:
     model.backbone.register_forward_hook(lambda mod, args, out: seen.__setitem__("taps", out))
     for tap in ("pool4", "pool3"):
         hook = lambda mod, args, tap=tap: seen.__setitem__(tap, args[0])  # noqa: E731
-        getattr(model, f"score_{tap}").register_forward_pre_hook(hook)
+        getattr(model.head, f"score_{tap}").register_forward_pre_hook(hook)
     with torch.inference_mode():
         model(torch.randn(1, 3, 64, 80))
     assert torch.allclose(seen["pool4"], seen["taps"]["pool4"] * 0.01)
@@ -188,7 +188,7 @@ def test_channels_last_and_bf16_autocast(name: str) -> None:
         out = model(x)  # training mode: dropout, batch norm statistics
     assert out.shape == (2, 21, 47, 53) and out.dtype == torch.bfloat16
     out.float().mean().backward()
-    assert model.score_fr.weight.grad is not None
+    assert model.head.score_fr.weight.grad is not None
 
 
 def _vgg16_conv_params() -> int:

@@ -157,26 +157,26 @@ def test_staged_init_32s_to_16s_to_8s(tmp_path, caplog) -> None:
     save_checkpoint(tmp_path / "run32" / "checkpoints" / "best.pt", {"model": fcn32.state_dict(), "config": {}})
     with caplog.at_level(logging.INFO, logger="skipseg.models.init"):
         fcn16 = build_model("fcn16s", width=TINY, init_from=str(tmp_path / "run32"))  # a run folder
-    assert "copied backbone" in caplog.text and "score_pool4" in caplog.text
+    assert "copied backbone" in caplog.text and "head.score_pool4" in caplog.text
     for key, value in fcn32.state_dict().items():
-        if key.startswith(("backbone.", "score_fr.")):
+        if key.startswith(("backbone.", "head.score_fr.")):
             assert torch.equal(fcn16.state_dict()[key], value), key
-    assert not fcn16.score_pool4.weight.any() and not fcn16.score_pool4.bias.any()
-    assert torch.equal(build_model("fcn16s", width=TINY).upscore2.weight, fcn16.upscore2.weight)  # bilinear
+    assert not fcn16.head.score_pool4.weight.any() and not fcn16.head.score_pool4.bias.any()
+    assert torch.equal(build_model("fcn16s", width=TINY).head.upscore2.weight, fcn16.head.upscore2.weight)  # bilinear
 
     fcn16 = _randomised(fcn16)
     save_checkpoint(tmp_path / "fcn16.pt", {"model": fcn16.state_dict(), "config": {}})
     fcn8 = build_model("fcn8s", width=TINY, init_from=str(tmp_path / "fcn16.pt"))
-    for key in ("backbone.fc6.weight", "backbone.fc7.bias", "score_fr.weight", "score_pool4.weight", "upscore2.weight"):
+    for key in ("backbone.fc6.weight", "backbone.fc7.bias", "head.score_fr.weight", "head.score_pool4.weight", "head.upscore2.weight"):
         assert torch.equal(fcn8.state_dict()[key], fcn16.state_dict()[key]), key
-    assert not fcn8.score_pool3.weight.any()
+    assert not fcn8.head.score_pool3.weight.any()
     report = model_init.init_from_checkpoint(build_model("fcn8s", width=TINY), tmp_path / "fcn16.pt")
-    assert "score_pool3.weight" in report["kept"] and "upscore16.weight" in report["ignored"]
+    assert "head.score_pool3.weight" in report["kept"] and "head.upscore16.weight" in report["ignored"]
 
 
 def test_staged_init_errors(tmp_path) -> None:
     save_checkpoint(tmp_path / "fcn32.pt", {"model": build_model("fcn32s", width=TINY).state_dict(), "config": {}})
-    with pytest.raises(SkipsegError, match=r"score_fr\.weight has shape"):
+    with pytest.raises(SkipsegError, match=r"head\.score_fr\.weight has shape"):
         build_model("fcn16s", width=TINY, num_classes=5, init_from=str(tmp_path / "fcn32.pt"))
     with pytest.raises(SkipsegError, match=r"backbone\.features\.0\.weight has shape"):
         build_model("fcn16s", width=0.125, init_from=str(tmp_path / "fcn32.pt"))
