@@ -87,8 +87,8 @@ def default_proposal_batch(device: torch.device) -> int:
     """Crops per forward of proposal-wise inference: 16 on a GPU, 2 on a CPU.
 
     On a CPU one 224² crop already keeps the cores busy, and larger batches push the activations
-    out of cache: DeconvNet width 1/4, 50 crops, one thread: 4.8 s at batch 1, 4.6 at 2, 4.9 at 4,
-    6.0 at 8, 7.8 at 16 (the convolutions, batch norm and copies each slower per crop at 16)."""
+    out of cache, so a few crops per forward is fastest (`python -m bench.run --only proposals`
+    measures 1, 2 and 16)."""
     return 16 if device.type == "cuda" else 2
 
 
