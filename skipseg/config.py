@@ -260,15 +260,16 @@ def numeric_type(annotation: Any) -> type | None:
     return annotation if annotation in (int, float) else None
 
 
-def range_problem(key: str, value: Any, annotation: Any) -> str | None:
-    """"key 'K' must be <range>, got V" when `value` breaks K's rule in RANGES, else None; lists
-    item by item. Checks the type too, for sections built directly (`CRFParams(iterations=2.5)`)."""
-    rule = RANGES.get(_rule_key(key))
+def range_problem(key: str, value: Any, annotation: Any, rule: Range | None = None) -> str | None:
+    """"key 'K' must be <range>, got V" when `value` breaks `rule` (default: K's in RANGES), else
+    None; lists item by item. Checks the type too, for sections built directly
+    (`CRFParams(iterations=2.5)`)."""
+    rule = rule or RANGES.get(_rule_key(key))
     kind = numeric_type(annotation)
     if rule is None or kind is None or value is None:
         return None
     if isinstance(value, list):
-        return next((p for i, v in enumerate(value) if (p := range_problem(f"{key}[{i}]", v, kind))), None)
+        return next((p for i, v in enumerate(value) if (p := range_problem(f"{key}[{i}]", v, kind, rule))), None)
     integer = kind is int
     typed = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
     if typed and rule.contains(value):
@@ -288,8 +289,14 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Check `value` against a field annotation (int, float, str, bool, X | None, list[X], dataclass)."""
+def _at(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+def coerce_value(value: Any, annotation: Any, key: str, source: str = "") -> Any:
+    """`value` checked against a field annotation (int, float, str, bool, X | None, list[X],
+    dataclass) and converted where YAML is loose (an int for a float, 3e-3 read as a string);
+    otherwise a `SkipsegError` "SOURCE: key 'K' must be ..., got V"."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -300,7 +307,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, key, source)
+                return coerce_value(value, option, key, source)
             except SkipsegError as exc:
                 errors.append(exc)
         raise errors[0]
@@ -308,9 +315,9 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         return _build(annotation, value, key, source)
     if origin is list:
         if not isinstance(value, list):
-            raise SkipsegError(f"{source}: key '{key}' must be a list, got {value!r}")
+            raise SkipsegError(f"{_at(source)}key '{key}' must be a list, got {value!r}")
         (item,) = typing.get_args(annotation)
-        return [_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return [coerce_value(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -330,7 +337,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             return str(value)
     else:
         return value
-    raise SkipsegError(f"{source}: key '{key}' must be {annotation.__name__}, got {value!r}")
+    raise SkipsegError(f"{_at(source)}key '{key}' must be {annotation.__name__}, got {value!r}")
 
 
 def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
@@ -350,7 +357,7 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     for name, annotation in hints.items():
         if name in data:
             key = f"{prefix}.{name}" if prefix else name
-            values[name] = _coerce(data[name], annotation, key, source)
+            values[name] = coerce_value(data[name], annotation, key, source)
             allowed = CHOICES.get(key)
             if allowed and values[name] is not None and values[name] not in allowed:
                 raise SkipsegError(f"{source}: key '{key}' must be one of {', '.join(allowed)}, got {values[name]!r}")

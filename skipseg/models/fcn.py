@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from skipseg.models.backbones import AlexNetBackbone, Backbone, GoogLeNetBackbone, VGG16Backbone
 from skipseg.models.geometry import Grid
 from skipseg.models.init import initialize
+from skipseg.models.options import Dropout
 from skipseg.models.registry import register_model
 from skipseg.models.upsample import BilinearUpsample, cell_shift, crop, fuse
 
@@ -101,7 +102,7 @@ def _vgg_fcn(name: str, description: str, skips: tuple[str, ...] = (),
 
     def build(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
               init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False,
-              dropout: float = 0.5, batch_norm: bool = False) -> FCN:
+              dropout: Dropout = 0.5, batch_norm: bool = False) -> FCN:
         """`learnable_upsampling`: train the transposed convs (bilinear init either way);
         `original_padding`: the reference layout (conv1_1 padded by 100, fc6 unpadded, no edge padding);
         `dropout`: of fc6/fc7 (the reference: 0.5); `batch_norm`: torchvision's vgg16_bn layout and weights."""
@@ -126,7 +127,7 @@ fcn8s_atonce = _vgg_fcn("fcn8s_atonce", "FCN-8s trained at once: pool4 scaled by
 @register_model("fcn32s_alexnet", "FCN-32s on AlexNet: fc6 6x6 and fc7 as convolutions, upsampled x32")
 def fcn32s_alexnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None,
                    weights: str | None = None, init_from: str | None = None,
-                   learnable_upsampling: bool = False, dropout: float = 0.5) -> FCN:
+                   learnable_upsampling: bool = False, dropout: Dropout = 0.5) -> FCN:
     model = FCN(AlexNetBackbone(width, dropout), num_classes, "fc7", learnable_upsampling=learnable_upsampling)
     initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
     return model
