@@ -15,7 +15,7 @@ import inspect
 import types
 import typing
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Sequence
 
 from skipseg.config import Range, coerce_value, numeric_type, range_problem
 from skipseg.errors import SkipsegError
@@ -92,3 +92,19 @@ def expected(annotation: Any) -> str:
     if not words:
         words = [_NOUNS.get(typing.get_origin(k) or k, getattr(k, "__name__", str(k))) for k in kinds]
     return " or ".join(words + (["null"] if len(kinds) < len(args) else []))
+
+
+def checked_options(options: dict[str, Any], hints: dict[str, Any], source: str, owner: str,
+                    named: Sequence[str]) -> dict[str, Any]:
+    """A `model:` mapping's own options (`options`, nulls left out) checked against `hints` (the
+    builder's own options, `option_hints`) and typed. An unknown key names `owner` (the model) and
+    lists the valid keys: `named` (what the config section names itself) and the builder's own."""
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:  # null: the builder's default
+            continue
+        if key not in hints:
+            valid = ", ".join([*named, *hints])
+            raise SkipsegError(f"{source}: unknown key 'model.{key}'; valid keys in model ({owner}): {valid}")
+        checked[key] = check_value(f"model.{key}", value, hints[key], source)
+    return checked

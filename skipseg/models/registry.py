@@ -4,8 +4,8 @@ Every builder takes `num_classes=21, width=1.0, pretrained=None, weights=None, i
 plus options of its own (keyword arguments with defaults), and returns a module whose forward maps
 `x [N,3,H,W]` (ImageNet-normalised RGB) to logits `[N,num_classes,H,W]`, with attributes
 `num_classes` and `backbone` (a `backbones.Backbone`). The builders' signatures are the options,
-with their types and rules (`options.py`): `build_model` checks its keyword arguments against them,
-so errors list what is valid.
+the only list of them (types and rules: `options.py`): `build_model` checks its keyword arguments
+against them, `check_model_config` a config's `model:` mapping, so errors list what is valid.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from typing import Any, Callable
 
 from torch import nn
 
+from skipseg.config import ModelConfig
 from skipseg.errors import SkipsegError
-from skipseg.models.options import check_own, check_value, expected, option_hints
+from skipseg.models.options import check_own, check_value, checked_options, expected, option_hints
 
 # Modules whose import registers models; a new family of models adds its module here.
 MODEL_MODULES = ("skipseg.models.fcn", "skipseg.models.deconvnet", "skipseg.models.skipnet")
@@ -116,6 +117,31 @@ def check_options(name: str, options: dict[str, Any]) -> None:
         except SkipsegError:
             raise _invalid(name, key, value, expected(hints[key])) from None
         check_own(value, hints[key])  # the builder's own checks say what is wrong themselves
+
+
+def config_options(model: ModelConfig, source: str = "config") -> dict[str, Any]:
+    """`model.options` (a config's `model:` keys beyond the common ones) checked against the
+    builder of `model.name` and typed as its signature says; errors name the key and list the
+    valid ones ("SOURCE: unknown key 'model.colour'; valid keys in model (fcn8s): name, ...")."""
+    try:
+        builder = get_entry(model.name).builder
+    except SkipsegError as exc:
+        raise SkipsegError(f"{source}: key 'model.name': {exc}") from None
+    own = {k: v for k, v in option_hints(builder).items() if k not in COMMON_OPTIONS}
+    return checked_options(model.options, own, source, model.name, ("name", *COMMON_OPTIONS))
+
+
+def check_model_config(config: Any, source: str = "config") -> None:
+    """`config.model` checked against its builder, its options then kept typed (`tap: 4` → "4",
+    nulls dropped) as the config layer typed every key before: `load_config(path,
+    check=check_model_config)` fails while loading, before any data is read or model built."""
+    config.model.options = config_options(config.model, source)
+
+
+def resolved_options(model: ModelConfig) -> dict[str, Any]:
+    """Every option of the model's builder: the config's value where it sets one, else the default."""
+    common = {k: getattr(model, k) for k in COMMON_OPTIONS}
+    return {**model_options(model.name), **common, **config_options(model)}
 
 
 def build_model(name: str, **options: Any) -> nn.Module:
