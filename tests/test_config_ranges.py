@@ -1,13 +1,11 @@
 """Every numeric config key has a valid range, checked when the config is loaded: a bad value is one
 line naming the key, the value and the range (`SkipsegError`; the CLI exits 2, no traceback).
 
-The numeric keys are found by walking the config dataclasses and, for a model's own options (in
-`model:` beside the common keys), the signatures of the registered builders, whose annotations carry
-their rules; so a key added later cannot escape."""
+The numeric keys are found by walking the config dataclasses and the builders' signatures (a model's
+own options, their rules in the annotations), so a key added later cannot escape."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import types
 import typing
@@ -26,7 +24,7 @@ from skipseg.engine.sweep import SweepConfig, load_sweep_config
 from skipseg.errors import SkipsegError
 from skipseg.inference.crf import CRFParams
 from skipseg.models.options import option_hints, split
-from skipseg.models.registry import COMMON_OPTIONS, check_model_config, get_entry, list_models
+from skipseg.models.registry import COMMON_OPTIONS, check_model_config, get_entry, list_models, model_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = (Config, SweepConfig, StagedConfig, PretrainConfig)  # every class a config file is loaded into
@@ -55,8 +53,7 @@ class NumericField:
         return self.own_rule if self.model else RANGES.get(self.key)
 
     @property
-    def check(self) -> Callable | None:
-        """What loading checks beyond the config layer: a model's options against its builder."""
+    def check(self) -> Callable | None:  # a model's options: checked against its builder while loading
         return check_model_config if self.model else None
 
     def overrides(self, value: str) -> list[str]:
@@ -111,9 +108,8 @@ def model_option_fields() -> list[NumericField]:
     """Every numeric option of every registered builder beyond the common ones (`ModelConfig` types those)."""
     found = []
     for name in list_models():
-        builder = get_entry(name).builder
-        defaults = {k: p.default for k, p in inspect.signature(builder).parameters.items()}
-        for option, annotation in option_hints(builder).items():
+        defaults = model_options(name)
+        for option, annotation in option_hints(get_entry(name).builder).items():
             plain, rules = split(annotation)
             base, optional = _unwrap(plain)
             is_list = typing.get_origin(base) is list
@@ -193,7 +189,7 @@ def _bad_values(numeric: NumericField) -> list[tuple[str, str]]:
     return list(dict.fromkeys(bad))
 
 
-def _id(numeric: NumericField) -> str:
+def _id(numeric: NumericField) -> str:  # a model's option: once per model
     return f"{numeric.model}:{numeric.key}" if numeric.model else numeric.key
 
 
@@ -208,8 +204,7 @@ def test_every_numeric_key_rejects_a_bad_value_in_one_line(cls, numeric, text, s
     message = str(info.value)
     assert message.startswith("config + overrides: key ") and "\n" not in message
     assert f"'{numeric.key}" in message and message.endswith(f"got {shown}"), message
-    rule = numeric.rule
-    assert f"must be {rule.describe(numeric.kind is int)}" in message, message
+    assert f"must be {numeric.rule.describe(numeric.kind is int)}" in message, message
 
 
 @pytest.mark.parametrize("cls, numeric", [pytest.param(c, n, id=_id(n)) for c, n in FIELDS])
@@ -220,16 +215,6 @@ def test_defaults_are_in_range_and_null_stays_allowed(cls, numeric):
         load_config(None, numeric.overrides("null"), cls=cls, check=numeric.check)
     if numeric.kind is float and numeric.rule.contains(0.5):  # YAML 1.1 reads 5e-1 as a string
         assert load_config(None, numeric.overrides("5e-1"), cls=cls, check=numeric.check) is not None
-
-
-def test_a_builders_own_check_runs_at_load_in_one_line():
-    """DeconvNet's input_size (a multiple of 32, which a Range cannot say) fails while loading too."""
-    assert [(n.model, n.key) for _, n in FIELDS if n.own_check] == [("deconvnet", "model.input_size")]
-    for bad in ("100", "0", "-1"):
-        with pytest.raises(SkipsegError, match=r"^config \+ overrides: deconvnet: input_size must be a multiple "
-                                               rf"of 32 \(.*\), got {bad}$"):
-            load_config(None, ["model.name=deconvnet", f"model.input_size={bad}"], check=check_model_config)
-    assert load_config(None, ["model.name=deconvnet", "model.input_size=64"], check=check_model_config)
 
 
 def test_crf_params_check_themselves_with_the_same_rules():

@@ -16,9 +16,9 @@ from skipseg.core.rundir import RunDir, SweepDir
 from skipseg.engine import sweep
 from skipseg.errors import SkipsegError
 from skipseg.inference.predictor import model_options as build_options
-from skipseg.models.options import option_hints
-from skipseg.models.registry import (COMMON_OPTIONS, build_model, check_model_config, get_entry, model_options,
-                                     resolved_options)
+from skipseg.models.options import option_hints, split
+from skipseg.models.registry import (COMMON_OPTIONS, build_model, check_model_config, get_entry, list_models,
+                                     model_options, resolved_options)
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG_FCNS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
@@ -35,6 +35,18 @@ def test_an_unknown_model_option_in_yaml_names_the_key_and_lists_the_valid_ones(
     assert load_config(path).model.options == {"kernel": 3}  # the config layer alone keeps it, unchecked
     with pytest.raises(SkipsegError, match=r"\+ overrides: key 'model.name': unknown model 'fcn4s'; valid models: "):
         load_config(path, ["model.name=fcn4s"], check=check_model_config)
+
+
+def test_a_builders_own_check_runs_at_load_in_one_line():
+    """DeconvNet's input_size (a multiple of 32, which a Range cannot say) fails while loading too."""
+    own = [(name, key) for name in list_models() for key, annotation in option_hints(get_entry(name).builder).items()
+           if any(callable(rule) for rule in split(annotation)[1])]
+    assert own == [("deconvnet", "input_size")]
+    for bad in ("100", "0", "-1"):
+        with pytest.raises(SkipsegError, match=r"^config \+ overrides: deconvnet: input_size must be a multiple "
+                                               rf"of 32 \(.*\), got {bad}$"):
+            load_config(None, ["model.name=deconvnet", f"model.input_size={bad}"], check=check_model_config)
+    assert load_config(None, ["model.name=deconvnet", "model.input_size=64"], check=check_model_config)
 
 
 def test_model_config_names_exactly_the_common_options():
