@@ -92,7 +92,8 @@ def run(ctx: Context) -> dict:
     probe_table = projected(probe)
     single_table = statistics.mean(projected(r) for r in separate.values())
     separate_table = (sum(projected(r) for r in separate.values()) if measured_all else single_table * len(plan))
-    common = (f"{CONFIG.name} (inception_v3 at {config.model.input_size}², batch {config.train.batch_size}, "
+    size = config.model.options.get("input_size")
+    common = (f"{CONFIG.name} (inception_v3 at {size}², batch {config.train.batch_size}, "
               f"{iterations} iterations, final validation on "
               f"{val_images} images and a checkpoint), {torch.get_num_threads()} threads")
     figures = [

@@ -1,11 +1,13 @@
 """Typed run configuration: YAML file + dotted `key=value` overrides; unknown keys, wrong types and
-numbers out of their range (RANGES) are errors, each one line naming the key.
+numbers out of their range (RANGES) are errors, each one line naming the key. A model's own options
+(`model.kernel`, ...) are its builder's: a layer above checks them (`load_config(..., check=...)`).
 
     cfg = load_config("configs/fcn8s_shapes.yaml", ["train.lr=0.01", "model.width=0.25"])
     save_run_config(run_dir, cfg)   # config.yaml (reloadable) + meta.json (git commit, versions, argv)
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -17,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -25,35 +27,25 @@ from skipseg.core.rundir import RunDir
 from skipseg.errors import SkipsegError
 
 
+# The field of a section that takes the keys no other field names, e.g. `ModelConfig.options`.
+REST = "rest"
+
+
 @dataclass
 class ModelConfig:
+    """The options every model builder takes (`models.registry.COMMON_OPTIONS`) and, in `options`,
+    the model's own (`kernel`, `tap`, ...) as written. In YAML both sit flat in `model:`. This layer
+    does not know the builders, so it checks the common keys only; `models.registry.check_model_config`
+    checks the rest against the builder's signature (`load_config(..., check=...)`)."""
+
     name: str = "fcn8s"
     num_classes: int = 21
     width: float = 1.0
     pretrained: str | None = None  # "imagenet" → torchvision weights API
     weights: str | None = None  # a torchvision-format state_dict file
     init_from: str | None = None  # staged training: a run folder or checkpoint
-    # Model-specific options: None = the builder's default; passed on only when set.
-    learnable_upsampling: bool | None = None
-    original_padding: bool | None = None
-    dropout: float | None = None  # fc6/fc7 dropout of the VGG16/AlexNet FCNs (reference: 0.5)
-    batch_norm: bool | None = None  # VGG16 FCNs: torchvision's vgg16_bn layout and weights
-    # The single-skip-connection net (`skipnet`); see skipseg/models/skipnet.py.
-    backbone: str | None = None  # any torchvision classifier, e.g. inception_v3, resnet50
-    tap: str | None = None  # a number into tap_names (1 = lowest), a module name, or "none"
-    tap_names: list[str] | None = None  # the numbered taps (default: skipseg/models/tap_maps.yaml)
-    top: str | None = None  # the top feature (default: tap_maps.yaml, else the last found tap)
-    kernel: int | None = None  # n of the tap's n×n conv
-    head_channels: int | None = None  # channels of that conv's output h
-    grid: int | None = None  # G: predictions on a G×G grid of image cells
-    mode: str | None = None  # box (targets: the majority label of each cell) | pixel
-    input_size: int | None = None  # the square input (skipnet: images resized to it, paper 559;
-    # deconvnet: a multiple of 32, default 224, fc6's kernel = input_size/32)
-    freeze_backbone: bool | None = None  # train only the heads
-    head_activation: str | None = None  # relu | none: after the tap's n×n conv
-    score_init: str | None = None  # zeros | normal: the 1×1 class convs
-    cell_label: str | None = None  # majority | centre: a grid cell's target in box mode
-    score_upsampling: str | None = None  # bilinear | nearest: z to the G×G grid
+    # Every other key of `model:`; a null value is the builder's default, so it is left out.
+    options: dict[str, Any] = field(default_factory=dict, metadata={REST: True})
 
 
 @dataclass
@@ -144,7 +136,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_schedule": ("poly", "step", "constant"),
     "train.loss_reduction": ("mean", "sum"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "model.mode": ("box", "pixel"),
     "data.sampling": ("image", "instances", "proposals"),
 }
 
@@ -193,16 +184,12 @@ def _rule_key(key: str) -> str:
 
 # Every numeric key of every section (a list[int] key: each item), keyed like CHOICES (list
 # positions dropped: `sweep.kernels[2]` → `sweep.kernels`); None stays allowed where the annotation
-# allows it. tests/test_config_ranges.py fails for a numeric field missing here. Model-specific
-# limits stay with the builders (deconvnet: input_size a multiple of 32; skipnet: width 1.0 except on VGG16).
+# allows it. tests/test_config_ranges.py fails for a numeric field missing here. A model's own options
+# carry their rules in the builder's signature (`models/options.py`), with the limits only a builder
+# can check (deconvnet: input_size a multiple of 32; skipnet: width 1.0 except on VGG16).
 RANGES: dict[str, Range] = {
     "model.num_classes": Range(ge=1),
     "model.width": Range(gt=0),  # channel multiplier
-    "model.dropout": Range(ge=0, lt=1),  # a probability; 1 would zero fc6/fc7 entirely
-    "model.kernel": Range(ge=1, odd=True),  # odd: "same" padding keeps the tap's grid
-    "model.head_channels": Range(ge=1),
-    "model.grid": Range(ge=1),
-    "model.input_size": Range(ge=1),
     "data.crop_size": Range(ge=1),
     "data.resize": Range(ge=1),
     "data.scale_min": Range(gt=0),  # random scale factors (scale_min <= scale_max: ORDERED)
@@ -260,15 +247,16 @@ def numeric_type(annotation: Any) -> type | None:
     return annotation if annotation in (int, float) else None
 
 
-def range_problem(key: str, value: Any, annotation: Any) -> str | None:
-    """"key 'K' must be <range>, got V" when `value` breaks K's rule in RANGES, else None; lists
-    item by item. Checks the type too, for sections built directly (`CRFParams(iterations=2.5)`)."""
-    rule = RANGES.get(_rule_key(key))
+def range_problem(key: str, value: Any, annotation: Any, rule: Range | None = None) -> str | None:
+    """"key 'K' must be <range>, got V" when `value` breaks `rule` (default: K's in RANGES), else
+    None; lists item by item. Checks the type too, for sections built directly
+    (`CRFParams(iterations=2.5)`)."""
+    rule = rule or RANGES.get(_rule_key(key))
     kind = numeric_type(annotation)
     if rule is None or kind is None or value is None:
         return None
     if isinstance(value, list):
-        return next((p for i, v in enumerate(value) if (p := range_problem(f"{key}[{i}]", v, kind))), None)
+        return next((p for i, v in enumerate(value) if (p := range_problem(f"{key}[{i}]", v, kind, rule))), None)
     integer = kind is int
     typed = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
     if typed and rule.contains(value):
@@ -288,8 +276,14 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Check `value` against a field annotation (int, float, str, bool, X | None, list[X], dataclass)."""
+def _at(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+def coerce_value(value: Any, annotation: Any, key: str, source: str = "") -> Any:
+    """`value` checked against a field annotation (int, float, str, bool, X | None, list[X],
+    dataclass) and converted where YAML is loose (an int for a float, 3e-3 read as a string);
+    otherwise a `SkipsegError` "SOURCE: key 'K' must be ..., got V"."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -300,7 +294,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, key, source)
+                return coerce_value(value, option, key, source)
             except SkipsegError as exc:
                 errors.append(exc)
         raise errors[0]
@@ -308,9 +302,9 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         return _build(annotation, value, key, source)
     if origin is list:
         if not isinstance(value, list):
-            raise SkipsegError(f"{source}: key '{key}' must be a list, got {value!r}")
+            raise SkipsegError(f"{_at(source)}key '{key}' must be a list, got {value!r}")
         (item,) = typing.get_args(annotation)
-        return [_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return [coerce_value(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -330,7 +324,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             return str(value)
     else:
         return value
-    raise SkipsegError(f"{source}: key '{key}' must be {annotation.__name__}, got {value!r}")
+    raise SkipsegError(f"{_at(source)}key '{key}' must be {annotation.__name__}, got {value!r}")
 
 
 def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
@@ -339,18 +333,22 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     if not isinstance(data, dict):
         raise SkipsegError(f"{source}: key '{prefix}' must be a mapping, got {data!r}")
     hints = _field_types(cls)
-    unknown = [k for k in data if k not in hints]
+    values: dict[str, Any] = {}
+    rest = _rest_field(cls)
+    if rest:  # the keys no other field names go there as written (null: not set)
+        del hints[rest]
+        values[rest] = {k: copy.deepcopy(v) for k, v in data.items() if k not in hints and v is not None}
+    unknown = [] if rest else [k for k in data if k not in hints]
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise SkipsegError(
             f"{source}: unknown key '{where}{unknown[0]}'; valid keys"
             f"{' in ' + prefix if prefix else ''}: {', '.join(hints)}"
         )
-    values = {}
     for name, annotation in hints.items():
         if name in data:
             key = f"{prefix}.{name}" if prefix else name
-            values[name] = _coerce(data[name], annotation, key, source)
+            values[name] = coerce_value(data[name], annotation, key, source)
             allowed = CHOICES.get(key)
             if allowed and values[name] is not None and values[name] not in allowed:
                 raise SkipsegError(f"{source}: key '{key}' must be one of {', '.join(allowed)}, got {values[name]!r}")
@@ -416,23 +414,66 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config) -> Any:
-    """Read YAML (or start from defaults), apply overrides, and validate every key and type."""
+# `check(config, source)`: what a layer above checks once the keys are read, e.g. the model's own
+# options against its builder (`models.registry.check_model_config`); errors start with `source`.
+Check = Callable[[Any, str], None]
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config,
+                check: Check | None = None) -> Any:
+    """Read YAML (or start from defaults), apply overrides, and validate every key and type (and
+    whatever `check` checks)."""
     data = read_yaml(path) if path else {}
     apply_overrides(data, overrides)
     source = str(path) if path else "config"
     if overrides:
         source += " + overrides"
-    return _build(cls, data, "", source)
+    return config_from_dict(data, cls, source, check)
+
+
+def _rest_field(cls: type) -> str | None:
+    return next((f.name for f in dataclasses.fields(cls) if f.metadata.get(REST)), None)
+
+
+def _plain(value: Any) -> Any:
+    """`dataclasses.asdict`, but a rest field's keys sit in its section (`model: {name, kernel}`)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            item = _plain(getattr(value, f.name))
+            if f.metadata.get(REST):
+                out.update(item)
+            else:
+                out[f.name] = item
+        return out
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 def config_to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
+    """The config as the plain nested dict its YAML file holds (reloadable by `config_from_dict`)."""
+    return _plain(config)
 
 
-def config_from_dict(data: dict, cls: type = Config, source: str = "checkpoint config") -> Any:
+def config_from_dict(data: dict, cls: type = Config, source: str = "checkpoint config",
+                     check: Check | None = None) -> Any:
     """Validate a plain dict (e.g. a checkpoint's `config`) into `cls`; errors name `source`."""
-    return _build(cls, data, "", source)
+    config = _build(cls, data, "", source)
+    if check is not None:
+        check(config, source)
+    return config
+
+
+def file_holds(path: Path, config: Any) -> bool:
+    """Whether the YAML file at `path` holds `config` (read back as its class). Compared as configs,
+    not text: a file written before `model:` options were kept apart lists them all as null."""
+    try:
+        return config_from_dict(yaml.safe_load(path.read_text()) or {}, type(config), str(path)) == config
+    except (SkipsegError, yaml.YAMLError):
+        return False
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:

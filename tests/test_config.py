@@ -8,6 +8,7 @@ import yaml
 
 from skipseg.config import Config, config_from_dict, config_to_dict, load_config, save_run_config
 from skipseg.errors import SkipsegError
+from skipseg.models.registry import check_model_config
 
 
 def write(tmp_path, text: str):
@@ -47,7 +48,7 @@ def test_bad_files_name_the_file(tmp_path):
         load_config(bad)
     bad.write_text("model:\n  name: fcn8s\n  colour: red\n")
     with pytest.raises(SkipsegError, match=r"run.yaml: unknown key 'model.colour'"):
-        load_config(bad)
+        load_config(bad, check=check_model_config)
 
 
 def test_saved_config_reloads_identically_and_records_commit(tmp_path):

@@ -1,7 +1,8 @@
 """Every numeric config key has a valid range, checked when the config is loaded: a bad value is one
 line naming the key, the value and the range (`SkipsegError`; the CLI exits 2, no traceback).
 
-The numeric keys are found by walking the config dataclasses, so a key added later cannot escape."""
+The numeric keys are found by walking the config dataclasses and the builders' signatures (a model's
+own options, their rules in the annotations), so a key added later cannot escape."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,18 +11,20 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import yaml
 
 from skipseg.cli import main
-from skipseg.config import RANGES, Config, TrainConfig, load_config
+from skipseg.config import RANGES, Config, Range, TrainConfig, load_config
 from skipseg.engine.pretrain import PretrainConfig
 from skipseg.engine.stages import StagedConfig, has_stages, load_staged_config, stage_configs
 from skipseg.engine.sweep import SweepConfig, load_sweep_config
 from skipseg.errors import SkipsegError
 from skipseg.inference.crf import CRFParams
+from skipseg.models.options import option_hints, split
+from skipseg.models.registry import COMMON_OPTIONS, check_model_config, get_entry, list_models, model_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = (Config, SweepConfig, StagedConfig, PretrainConfig)  # every class a config file is loaded into
@@ -37,10 +40,25 @@ class NumericField:
     is_list: bool
     optional: bool
     default: Any
+    model: str | None = None  # set for a model's own option: the model whose builder declares it
+    own_rule: Range | None = None  # that option's rule, from the builder's annotation
+    own_check: bool = False  # the annotation also holds a function of the builder's own (its own words)
 
     @property
     def key(self) -> str:  # as RANGES spells it
         return ".".join(p.removesuffix("[]") for p in self.parts)
+
+    @property
+    def rule(self) -> Range | None:
+        return self.own_rule if self.model else RANGES.get(self.key)
+
+    @property
+    def check(self) -> Callable | None:  # a model's options: checked against its builder while loading
+        return check_model_config if self.model else None
+
+    def overrides(self, value: str) -> list[str]:
+        """The overrides that set the key to `value` (a model's option: for its model)."""
+        return [*([f"model.name={self.model}"] if self.model else []), self.override(value)]
 
     def override(self, value: str) -> str:
         """`key=value`, the part below a list of sections written as a YAML flow value."""
@@ -86,12 +104,29 @@ def numeric_fields(cls: type, parts: tuple[str, ...] = ()) -> list[NumericField]
     return found
 
 
-def all_numeric_fields() -> list[NumericField]:
+def model_option_fields() -> list[NumericField]:
+    """Every numeric option of every registered builder beyond the common ones (`ModelConfig` types those)."""
+    found = []
+    for name in list_models():
+        defaults = model_options(name)
+        for option, annotation in option_hints(get_entry(name).builder).items():
+            plain, rules = split(annotation)
+            base, optional = _unwrap(plain)
+            is_list = typing.get_origin(base) is list
+            item = typing.get_args(base)[0] if is_list else base
+            if option not in COMMON_OPTIONS and item in (int, float):
+                rule = next((r for r in rules if isinstance(r, Range)), None)
+                found.append(NumericField(("model", option), item, is_list, optional, defaults[option], name, rule,
+                                          any(callable(r) for r in rules)))
+    return found
+
+
+def all_numeric_fields() -> list[tuple[type, NumericField]]:
     unique = {}
     for cls in TOP_LEVEL:
         for numeric in numeric_fields(cls):
             unique.setdefault(numeric.key, (cls, numeric))
-    return list(unique.values())
+    return list(unique.values()) + [(Config, numeric) for numeric in model_option_fields()]
 
 
 FIELDS = all_numeric_fields()
@@ -105,14 +140,18 @@ def test_the_walk_finds_the_known_numeric_keys():
     keys = {numeric.key for _, numeric in FIELDS}
     assert {"train.lr", "train.iterations", "model.dropout", "data.crop_size", "crf.min_prob",
             "sweep.kernels", "train.max_val_images"} <= keys
-    assert len(keys) == len(RANGES) >= 39
+    rules = {numeric.key for _, numeric in FIELDS if numeric.rule is not None}
+    assert len(keys) == len(rules) >= 39
     assert "model.name" not in keys and "train.sync_bn" not in keys  # neither str nor bool
 
 
 def test_every_numeric_field_has_a_range_rule():
     for cls in TOP_LEVEL:
         assert missing_rules(cls) == [], f"numeric keys of {cls.__name__} without a rule in config.RANGES"
-    assert sorted(RANGES) == sorted(numeric.key for _, numeric in FIELDS)  # no rule for a key that is not there
+    unruled = [f"{n.model}: {n.key}" for _, n in FIELDS if n.model and n.rule is None and not n.own_check]
+    assert unruled == [], "numeric model options without a Range (or a check) in their builder's annotation"
+    own = {numeric.key for _, numeric in FIELDS if numeric.model is None}
+    assert sorted(RANGES) == sorted(own)  # no rule for a key that is not there, none for a model's own option
 
 
 @dataclass
@@ -135,7 +174,7 @@ def _bad_values(numeric: NumericField) -> list[tuple[str, str]]:
     the key's own rule on each side it has."""
     bad = ([("nan", "nan"), (".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf")] if numeric.kind is float
            else [("-1", "-1")])
-    rule = RANGES.get(numeric.key)
+    rule = numeric.rule
     if rule is not None:
         step = 1 if numeric.kind is int else 0.5
         for outside in (None if rule.ge is None else rule.ge - step, rule.gt,
@@ -150,30 +189,32 @@ def _bad_values(numeric: NumericField) -> list[tuple[str, str]]:
     return list(dict.fromkeys(bad))
 
 
-BAD = [pytest.param(cls, numeric, text, shown, id=f"{numeric.key}={text}")
-       for cls, numeric in FIELDS for text, shown in _bad_values(numeric)]
+def _id(numeric: NumericField) -> str:  # a model's option: once per model
+    return f"{numeric.model}:{numeric.key}" if numeric.model else numeric.key
+
+
+BAD = [pytest.param(cls, numeric, text, shown, id=f"{_id(numeric)}={text}")
+       for cls, numeric in FIELDS if numeric.rule is not None for text, shown in _bad_values(numeric)]
 
 
 @pytest.mark.parametrize("cls, numeric, text, shown", BAD)
 def test_every_numeric_key_rejects_a_bad_value_in_one_line(cls, numeric, text, shown):
-    override = numeric.override(text)
     with pytest.raises(SkipsegError) as info:
-        load_config(None, [override], cls=cls)
+        load_config(None, numeric.overrides(text), cls=cls, check=numeric.check)
     message = str(info.value)
     assert message.startswith("config + overrides: key ") and "\n" not in message
     assert f"'{numeric.key}" in message and message.endswith(f"got {shown}"), message
-    rule = RANGES[numeric.key]
-    assert f"must be {rule.describe(numeric.kind is int)}" in message, message
+    assert f"must be {numeric.rule.describe(numeric.kind is int)}" in message, message
 
 
-@pytest.mark.parametrize("cls, numeric", [pytest.param(c, n, id=n.key) for c, n in FIELDS])
+@pytest.mark.parametrize("cls, numeric", [pytest.param(c, n, id=_id(n)) for c, n in FIELDS])
 def test_defaults_are_in_range_and_null_stays_allowed(cls, numeric):
     text = yaml.safe_dump(numeric.default, default_flow_style=True).strip().removesuffix("...").strip()
-    load_config(None, [numeric.override(text)], cls=cls)
+    load_config(None, numeric.overrides(text), cls=cls, check=numeric.check)
     if numeric.optional:
-        load_config(None, [numeric.override("null")], cls=cls)
-    if numeric.kind is float and RANGES[numeric.key].contains(0.5):  # YAML 1.1 reads 5e-1 as a string
-        assert load_config(None, [numeric.override("5e-1")], cls=cls) is not None
+        load_config(None, numeric.overrides("null"), cls=cls, check=numeric.check)
+    if numeric.kind is float and numeric.rule.contains(0.5):  # YAML 1.1 reads 5e-1 as a string
+        assert load_config(None, numeric.overrides("5e-1"), cls=cls, check=numeric.check) is not None
 
 
 def test_crf_params_check_themselves_with_the_same_rules():
@@ -238,7 +279,7 @@ def test_every_shipped_config_loads(path):
     elif "sweep" in yaml.safe_load(path.read_text()):
         load_sweep_config(path)
     else:
-        load_config(path)
+        load_config(path, check=check_model_config)
 
 
 @pytest.mark.parametrize("override, key, shown", [("train.lr=nan", "train.lr", "nan"),

@@ -172,9 +172,9 @@ def test_predict_gives_the_labels_evaluate_saved(tmp_path, trained_run, shapes_r
         state = torch.load(path, weights_only=True)
         generator = torch.Generator().manual_seed(0)
         # pool4's scores alone, centred over its channels: its 3x3 map's features point different ways
-        weight = torch.randn(state["model"]["score_pool4.weight"].shape, generator=generator)
-        state["model"]["score_pool4.weight"] = weight - weight.mean(dim=1, keepdim=True)
-        state["model"]["score_fr.weight"].zero_()
+        weight = torch.randn(state["model"]["head.score_pool4.weight"].shape, generator=generator)
+        state["model"]["head.score_pool4.weight"] = weight - weight.mean(dim=1, keepdim=True)
+        state["model"]["head.score_fr.weight"].zero_()
         torch.save(state, path)
     trained_run = run
     out = tmp_path / "eval"

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from skipseg.engine import stages
     from skipseg.engine.trainer import Trainer
     from skipseg.errors import SkipsegError
+    from skipseg.models.registry import check_model_config
 
     overrides = list(args.overrides)
     if args.resume:
@@ -40,14 +41,14 @@ def run(args: argparse.Namespace) -> int:
         if stages.is_staged(run_dir):
             return _run_staged(stages.load_staged_config(RunDir(run_dir).stages_config, overrides), run_dir,
                                True, args)
-        config = load_config(RunDir(run_dir).config, overrides)
+        config = load_config(RunDir(run_dir).config, overrides, check=check_model_config)
     else:
         if not args.config or not args.out:
             raise SkipsegError("train needs a CONFIG.yaml and --out RUN (or --resume RUN)")
         run_dir = Path(args.out)
         if stages.has_stages(args.config):
             return _run_staged(stages.load_staged_config(args.config, overrides), run_dir, False, args)
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, overrides, check=check_model_config)
     trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     try:
         result = trainer.run()

@@ -17,19 +17,22 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from skipseg.config import Config, apply_overrides, config_from_dict
+from skipseg.config import Config, ModelConfig, apply_overrides, config_from_dict
 from skipseg.data.shapes.objects import CLASS_NAMES, ObjectClassification, ObjectImages
 from skipseg.core.checkpoint import save_checkpoint
 from skipseg.engine.trainer import Trainer
 from skipseg.errors import SkipsegError
 from skipseg.models.classifiers import build_pretrain_classifier, pretrain_archs
+from skipseg.models.options import checked_options, option_hints
 from skipseg.models.pretrained import card_path, sha256
+from skipseg.models.registry import COMMON_OPTIONS
 
 
 @dataclass
@@ -55,6 +58,20 @@ class PretrainConfig(Config):
     pretrain: PretrainSection = field(default_factory=PretrainSection)
 
 
+_NAMED = ("arch", "num_classes", "width")  # the classifier's arguments that `model:` names itself (name: arch)
+
+
+def classifier_options(model: ModelConfig, source: str = "config") -> dict[str, Any]:
+    """The classifier's own options (`dropout`) of `model:`, checked against
+    `build_pretrain_classifier` and typed; what is not set keeps the builder's default."""
+    own = {k: v for k, v in option_hints(build_pretrain_classifier).items() if k not in _NAMED}
+    return checked_options(model.options, own, source, f"pretrain {model.name}", ("name", *COMMON_OPTIONS))
+
+
+def _check_classifier_options(config: PretrainConfig, source: str) -> None:
+    config.model.options = classifier_options(config.model, source)
+
+
 class ClassifierTrainer(Trainer):
     """The engine's loop on a classifier: logits `[N, 20]`, labels `[N]`, best by held-out top-1."""
 
@@ -63,7 +80,7 @@ class ClassifierTrainer(Trainer):
 
     def build_model(self) -> nn.Module:
         model = self.config.model
-        return build_pretrain_classifier(model.name, model.num_classes, model.width, model.dropout or 0.0)
+        return build_pretrain_classifier(model.name, model.num_classes, model.width, **classifier_options(model))
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         p, seed = self.config.pretrain, self.config.train.seed
@@ -106,7 +123,8 @@ def load_pretrain_config(arch: str, width: float, size: int, iterations: int, se
     apply_overrides(data, [f"model.name={arch}", f"model.width={width}", f"pretrain.size={size}",
                            f"train.iterations={iterations}", f"train.seed={seed}", f"pretrain.images={images}",
                            *overrides])
-    config = config_from_dict(data, PretrainConfig, "pretrain options" + (" + overrides" if overrides else ""))
+    config = config_from_dict(data, PretrainConfig, "pretrain options" + (" + overrides" if overrides else ""),
+                              _check_classifier_options)
     train = config.train
     config.train = dataclasses.replace(train, val_every=min(train.val_every, train.iterations),
                                        checkpoint_every=min(train.checkpoint_every, train.iterations))

@@ -29,11 +29,12 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from skipseg.config import Config, apply_overrides, config_from_dict, config_to_dict, read_yaml
+from skipseg.config import Config, apply_overrides, config_from_dict, config_to_dict, file_holds, read_yaml
 from skipseg.core.rundir import RunDir
 from skipseg.core.runtime import barrier, init_distributed
 from skipseg.engine.trainer import StepCallback, Trainer
 from skipseg.errors import SkipsegError
+from skipseg.models.registry import check_model_config
 
 STAGE_SECTIONS = ("data", "train")  # what a stage may change; the model stays (its weights carry over)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -89,7 +90,7 @@ def load_staged_config(path: str | Path, overrides: Sequence[str] = ()) -> Stage
                 raise SkipsegError(f"override '{item}': expected stages.NAME.key=value with NAME one of "
                                    f"{', '.join(str(s.get('name')) for s in stages)}")
             apply_overrides(stage, [rest])
-    config = config_from_dict(data, StagedConfig, source)
+    config = config_from_dict(data, StagedConfig, source, check_model_config)
     names = [stage.name for stage in config.stages]
     for i, name in enumerate(names):
         taken = (RunDir.checkpoints.name, RunDir.proposals.name)
@@ -117,7 +118,8 @@ def stage_configs(config: StagedConfig, out: str | Path | None, source: str = "c
             merged[section].update(changes)
         if i > 0 and out is not None:
             merged["model"]["init_from"] = str(RunDir(out).stage(result[-1][0]).last)
-        result.append((stage.name, config_from_dict(merged, Config, f"{source}, stage '{stage.name}'")))
+        result.append((stage.name, config_from_dict(merged, Config, f"{source}, stage '{stage.name}'",
+                                                    check_model_config)))
     return result
 
 
@@ -141,7 +143,7 @@ def prepare(config: StagedConfig, out: str | Path, resume: bool = False, write: 
     marker = run.read_stages()
     if marker is None and run.holds_run():
         raise SkipsegError(f"{out}: holds a single (unstaged) run; choose another --out")
-    if not resume and existing.is_file() and existing.read_text() != text:
+    if not resume and existing.is_file() and not file_holds(existing, config):
         raise SkipsegError(f"{out}: holds a staged run of another config (see {existing}); choose another --out "
                            f"or continue it with skipseg train --resume {out}")
     names = [stage.name for stage in config.stages]

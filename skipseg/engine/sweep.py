@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from skipseg.config import Config, config_to_dict, load_config
+from skipseg.config import Config, config_to_dict, file_holds, load_config
 from skipseg.core.rundir import PROBE_RUN, SweepDir
 from skipseg.engine.evaluator import evaluate_model
 from skipseg.engine.probe import ProbeTrainer, evaluate_heads
@@ -72,10 +72,14 @@ class PlannedRun:
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
+    """The sweep config at `path` with `overrides`, every key checked (the model's options too)."""
+    from skipseg.models.registry import check_model_config
+
     config = load_config(path, overrides, cls=SweepConfig)
     where = f"{path}{' + overrides' if overrides else ''}"
     if config.model.name != "skipnet":
         raise SkipsegError(f"{where}: key 'model.name' must be skipnet for a sweep, got {config.model.name!r}")
+    check_model_config(config, where)  # after the name: another model's options would hide that error
     if config.sweep.mode not in ("separate", "probe"):
         raise SkipsegError(f"{where}: key 'sweep.mode' must be separate or probe, got {config.sweep.mode!r}")
     if not config.sweep.kernels:  # each one's range (odd, >= 1) is checked at load (config.RANGES)
@@ -88,11 +92,11 @@ def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> SweepConfi
 
 def tap_list(config: Config) -> tuple[list[str], str]:
     """The numbered taps and the top of the config's model."""
-    from skipseg.models.registry import model_options as builder_defaults
+    from skipseg.models.registry import resolved_options
     from skipseg.models.skipnet import resolve_taps
 
-    backbone = config.model.backbone or builder_defaults("skipnet")["backbone"]
-    return resolve_taps(backbone, config.model.tap_names, config.model.top, config.model.width)
+    options = resolved_options(config.model)
+    return resolve_taps(options["backbone"], options["tap_names"], options["top"], options["width"])
 
 
 def expand(config: SweepConfig) -> list[PlannedRun]:
@@ -117,10 +121,11 @@ def expand(config: SweepConfig) -> list[PlannedRun]:
 
 
 def run_config(config: SweepConfig, run: PlannedRun) -> Config:
-    """The plain run config of one planned run."""
-    model = dataclasses.replace(config.model, tap=run.label or "none",
-                                kernel=run.kernel if run.kernel is not None else config.model.kernel)
-    return Config(model=model, data=config.data, train=config.train)
+    """The plain run config of one planned run: the sweep's model with the run's tap and n."""
+    options = {**config.model.options, "tap": run.label or "none"}
+    if run.kernel is not None:  # the no-skip run has no n: the config's (or the default) stays
+        options["kernel"] = run.kernel
+    return Config(model=dataclasses.replace(config.model, options=options), data=config.data, train=config.train)
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -145,7 +150,7 @@ def prepare(config: SweepConfig, out: str | Path) -> list[PlannedRun]:
     sweep = SweepDir(out)
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     existing = sweep.config
-    if existing.is_file() and existing.read_text() != text:
+    if existing.is_file() and not file_holds(existing, config):
         raise SkipsegError(f"{out}: holds a sweep of another config (see {existing}); choose another --out")
     plan = expand(config)
     names, top = tap_list(config)

@@ -79,17 +79,16 @@ def model_from_checkpoint(run_or_checkpoint: str | Path, runtime: Runtime | None
 
 
 def model_options(config: Config, with_init: bool = True) -> dict[str, Any]:
-    """The keyword options `build_model` gets from `config.model` (unset model-specific ones left out)."""
-    options: dict[str, Any] = {"num_classes": config.model.num_classes, "width": config.model.width}
+    """The keyword options `build_model` gets from `config.model`: num_classes, width, the init
+    options that are set (with `with_init`) and the model's own options that are set, checked
+    against its builder and typed (`registry.config_options`)."""
+    from skipseg.models.registry import config_options
+
+    model = config.model
+    options: dict[str, Any] = {"num_classes": model.num_classes, "width": model.width}
     if with_init:
-        for key in ("pretrained", "weights", "init_from"):
-            value = getattr(config.model, key)
-            if value is not None:
-                options[key] = value
-    skip = {"name", "num_classes", "width", "pretrained", "weights", "init_from"}
-    for key, value in vars(config.model).items():
-        if key not in skip and value is not None:
-            options[key] = value
+        options.update({k: v for k in ("pretrained", "weights", "init_from") if (v := getattr(model, k)) is not None})
+    options.update(config_options(model))
     return options
 
 

@@ -12,11 +12,12 @@ from torch import nn
 
 from skipseg.errors import SkipsegError
 from skipseg.models.backbones import vgg16_classifier
+from skipseg.models.options import Dropout
 from skipseg.models.taps import SCALABLE as VGG_ARCHS
 from skipseg.models.taps import build_classifier, classifier_names
 
 
-def build_pretrain_classifier(arch: str, num_classes: int, width: float = 1.0, dropout: float = 0.0) -> nn.Module:
+def build_pretrain_classifier(arch: str, num_classes: int, width: float = 1.0, dropout: Dropout = 0.0) -> nn.Module:
     """`vgg16` / `vgg16_bn` at any width (torchvision's init: He fan-out convolutions, zero biases),
     or any other torchvision classifier at width 1.0 with a `num_classes`-way final layer."""
     if arch in VGG_ARCHS:

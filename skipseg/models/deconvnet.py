@@ -22,6 +22,7 @@ layers ("surgery"), and the BN after fc6/fc7 has no ImageNet counterpart (identi
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Annotated
 
 from torch import Tensor, nn
 from torchvision.models.vgg import make_layers
@@ -203,14 +204,13 @@ class DeconvNet(nn.Module):
 
 @register_model("deconvnet", "DeconvNet (Noh et al. 2015): VGG16-BN encoder, unpooling/deconvolution decoder, 224x224")
 def deconvnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
-              init_from: str | None = None, input_size: int = INPUT_SIZE) -> DeconvNet:
+              init_from: str | None = None, input_size: Annotated[int, check_input_size] = INPUT_SIZE) -> DeconvNet:
     """`pretrained: imagenet` (the paper: VGG16's convolutions and fc6/fc7, every batch norm starting
     as the identity), `imagenet_bn` (torchvision's VGG16-BN, its batch norms too), `shapes` (the
     shipped VGG16-BN) or `weights: FILE` (a vgg16_bn-format file); the decoder and the fc batch norms
     keep their initial values either way; `init_from`: a
     trained model. `input_size`: the square input, a multiple of 32 (fc6 is input_size/32 wide; below
     224 the classifier's 7x7 average pooling is folded into fc6, see `init.fc_to_conv`)."""
-    check_input_size(input_size)
-    model = DeconvNet(num_classes, width, input_size)
+    model = DeconvNet(num_classes, width, input_size)  # input_size checked by its annotation (and DeconvNet)
     initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
     return model

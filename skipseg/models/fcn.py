@@ -8,13 +8,14 @@ maps are kept aligned with the input is explained in `upsample.py`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
 from skipseg.models.backbones import AlexNetBackbone, Backbone, GoogLeNetBackbone, VGG16Backbone
 from skipseg.models.geometry import Grid
 from skipseg.models.init import initialize
+from skipseg.models.options import Dropout
 from skipseg.models.registry import register_model
 from skipseg.models.upsample import BilinearUpsample, cell_shift, crop, fuse
 
@@ -114,51 +115,40 @@ class FCN(nn.Module):
         return self.head(taps, (x.shape[-2], x.shape[-1]))  # [N, K, H, W]
 
 
-def _vgg_fcn(skips, scales, num_classes, width, pretrained, weights, init_from, learnable_upsampling,
-             original_padding, dropout, batch_norm) -> FCN:
-    backbone = VGG16Backbone(width, original_padding=original_padding, dropout=dropout, batch_norm=batch_norm)
-    model = FCN(backbone, num_classes, "fc7", skips, scales, learnable_upsampling,
-                edge_pad=0 if original_padding else 1)
-    initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
-    return model
+def _vgg_fcn(name: str, description: str, skips: tuple[str, ...] = (),
+             scales: tuple[float, ...] | None = None) -> Callable[..., FCN]:
+    """Register the VGG16 FCN `name`: fc7 scored, then the `skips` taps (coarse to fine), each
+    multiplied by its `scales` factor. The four VGG16 FCNs differ only there, so their options are
+    written once: the signature of `build`."""
+
+    def build(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
+              init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False,
+              dropout: Dropout = 0.5, batch_norm: bool = False) -> FCN:
+        """`learnable_upsampling`: train the transposed convs (bilinear init either way);
+        `original_padding`: the reference layout (conv1_1 padded by 100, fc6 unpadded, no edge padding);
+        `dropout`: of fc6/fc7 (the reference: 0.5); `batch_norm`: torchvision's vgg16_bn layout and weights."""
+        backbone = VGG16Backbone(width, original_padding=original_padding, dropout=dropout, batch_norm=batch_norm)
+        model = FCN(backbone, num_classes, "fc7", skips, scales, learnable_upsampling,
+                    edge_pad=0 if original_padding else 1)
+        initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
+        return model
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{description}. {build.__doc__}"
+    return register_model(name, description)(build)
 
 
-@register_model("fcn32s", "FCN-32s, VGG16: fc7 scores upsampled x32 (Long et al. 2015)")
-def fcn32s(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
-           init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False,
-           dropout: float = 0.5, batch_norm: bool = False) -> FCN:
-    return _vgg_fcn((), None, num_classes, width, pretrained, weights, init_from, learnable_upsampling,
-                    original_padding, dropout, batch_norm)
-
-
-@register_model("fcn16s", "FCN-16s, VGG16: FCN-32s + pool4 scores, upsampled x16")
-def fcn16s(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
-           init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False,
-           dropout: float = 0.5, batch_norm: bool = False) -> FCN:
-    return _vgg_fcn(("pool4",), None, num_classes, width, pretrained, weights, init_from,
-                    learnable_upsampling, original_padding, dropout, batch_norm)
-
-
-@register_model("fcn8s", "FCN-8s, VGG16: FCN-16s + pool3 scores, upsampled x8")
-def fcn8s(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
-          init_from: str | None = None, learnable_upsampling: bool = False, original_padding: bool = False,
-           dropout: float = 0.5, batch_norm: bool = False) -> FCN:
-    return _vgg_fcn(("pool4", "pool3"), None, num_classes, width, pretrained, weights, init_from,
-                    learnable_upsampling, original_padding, dropout, batch_norm)
-
-
-@register_model("fcn8s_atonce", "FCN-8s trained at once: pool4 scaled by 0.01, pool3 by 0.0001 before scoring")
-def fcn8s_atonce(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None,
-                 weights: str | None = None, init_from: str | None = None, learnable_upsampling: bool = False,
-                 original_padding: bool = False, dropout: float = 0.5, batch_norm: bool = False) -> FCN:
-    return _vgg_fcn(("pool4", "pool3"), (0.01, 0.0001), num_classes, width, pretrained, weights, init_from,
-                    learnable_upsampling, original_padding, dropout, batch_norm)
+fcn32s = _vgg_fcn("fcn32s", "FCN-32s, VGG16: fc7 scores upsampled x32 (Long et al. 2015)")
+fcn16s = _vgg_fcn("fcn16s", "FCN-16s, VGG16: FCN-32s + pool4 scores, upsampled x16", ("pool4",))
+fcn8s = _vgg_fcn("fcn8s", "FCN-8s, VGG16: FCN-16s + pool3 scores, upsampled x8", ("pool4", "pool3"))
+fcn8s_atonce = _vgg_fcn("fcn8s_atonce", "FCN-8s trained at once: pool4 scaled by 0.01, pool3 by 0.0001 before scoring",
+                        ("pool4", "pool3"), (0.01, 0.0001))
 
 
 @register_model("fcn32s_alexnet", "FCN-32s on AlexNet: fc6 6x6 and fc7 as convolutions, upsampled x32")
 def fcn32s_alexnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None,
                    weights: str | None = None, init_from: str | None = None,
-                   learnable_upsampling: bool = False, dropout: float = 0.5) -> FCN:
+                   learnable_upsampling: bool = False, dropout: Dropout = 0.5) -> FCN:
     model = FCN(AlexNetBackbone(width, dropout), num_classes, "fc7", learnable_upsampling=learnable_upsampling)
     initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
     return model

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from skipseg.errors import SkipsegError
 from skipseg.models.cells import CELL_LABELS
 from skipseg.models.classifiers import final_layer
 from skipseg.models.init import imagenet_state_dict, init_from_checkpoint, load_exactly, read_state_dict
+from skipseg.models.options import Count, OddSize, OneOf
 from skipseg.models.pretrained import shapes_weights
 from skipseg.models.registry import register_model
 from skipseg.models.taps import TorchvisionBackbone, build_classifier, default_weights, find_taps
@@ -81,6 +82,12 @@ def resolve_tap(tap: str | int | None, names: Sequence[str]) -> tuple[str | None
 HEAD_ACTIVATIONS = {"relu": nn.ReLU, "none": nn.Identity}
 SCORE_INITS = ("zeros", "normal")
 UPSAMPLINGS = ("bilinear", "nearest")
+# The rules of the string options (the builder's signature says which option takes which).
+Mode = Annotated[str, OneOf(("box", "pixel"))]
+HeadActivation = Annotated[str, OneOf(tuple(HEAD_ACTIVATIONS))]
+ScoreInit = Annotated[str, OneOf(SCORE_INITS)]
+CellLabel = Annotated[str, OneOf(tuple(CELL_LABELS))]
+Upsampling = Annotated[str, OneOf(UPSAMPLINGS)]
 
 
 def _score(in_channels: int, num_classes: int, init: str = "zeros") -> nn.Conv2d:
@@ -220,36 +227,24 @@ def load_classifier_weights(classifier: nn.Module, backbone: str, pretrained: st
     logger.info("backbone %s initialised from %s", backbone, source)
 
 
-def check_skip_options(kernel: int, head_channels: int, grid: int, mode: str, input_size: int | None,
-                       head_activation: str = "relu", score_init: str = "zeros", cell_label: str = "majority",
-                       score_upsampling: str = "bilinear") -> None:
-    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
-        raise SkipsegError(f"model.kernel: {kernel!r}: expected an odd integer >= 1 (3, 5, 7)")
-    for key, value in (("head_channels", head_channels), ("grid", grid), ("input_size", input_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise SkipsegError(f"model.{key}: {value!r}: expected an integer >= 1")
-    for key, value, valid in (("mode", mode, ("box", "pixel")), ("head_activation", head_activation, HEAD_ACTIVATIONS),
-                              ("score_init", score_init, SCORE_INITS), ("cell_label", cell_label, CELL_LABELS),
-                              ("score_upsampling", score_upsampling, UPSAMPLINGS)):
-        if value not in valid:
-            raise SkipsegError(f"model.{key}: {value!r}: expected {' or '.join(valid)}")
-
-
 @register_model("skipnet", "single skip connection (Yim & Sohn 2017): top + one tap's n×n head on a G×G grid, "
                            "any torchvision backbone (default Inception-v3)")
 def skipnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
             init_from: str | None = None, backbone: str = "inception_v3", tap: str | None = None,
-            tap_names: list | None = None, top: str | None = None, kernel: int = 3, head_channels: int = 256,
-            grid: int = 67, mode: str = "box", input_size: int | None = None,
-            freeze_backbone: bool = False, head_activation: str = "relu", score_init: str = "zeros",
-            cell_label: str = "majority", score_upsampling: str = "bilinear") -> SkipNet:
-    """`tap` None = the paper's "no connection" (the top alone). `head_channels`: the paper does not
-    give h's width; one width for every tap keeps the heads' capacity equal across the comparison.
+            tap_names: list[str] | None = None, top: str | None = None, kernel: OddSize = 3,
+            head_channels: Count = 256, grid: Count = 67, mode: Mode = "box", input_size: Count | None = None,
+            freeze_backbone: bool = False, head_activation: HeadActivation = "relu", score_init: ScoreInit = "zeros",
+            cell_label: CellLabel = "majority", score_upsampling: Upsampling = "bilinear") -> SkipNet:
+    """`backbone`: any torchvision classifier (inception_v3, resnet50, ...). `tap`: a number into
+    `tap_names` (1 = the lowest), a module name, or None = the paper's "no connection" (the top
+    alone); `tap_names`, `top`: module docstring. `kernel`: n of the tap's n×n conv; `head_channels`:
+    h's width, which the paper does not give (one width for every tap keeps the heads' capacity
+    equal across the comparison). `grid`: G; `mode`: box (cells) or pixel; `input_size`: the square
+    input images are resized to (the paper: 559); `freeze_backbone`: train only the heads.
     `head_activation`, `score_init`, `cell_label`, `score_upsampling`: the other choices the paper
     leaves open (module docstring).
-    `width` narrows a VGG16 backbone as FCN's and DeconvNet's are (other backbones: 1.0)."""
-    check_skip_options(kernel, head_channels, grid, mode, input_size, head_activation, score_init, cell_label,
-                       score_upsampling)
+    `width` narrows a VGG16 backbone as FCN's and DeconvNet's are (other backbones: 1.0). The
+    annotations are the options' rules, checked by `build_model` (`options.py`)."""
     classifier = build_classifier(backbone, width)
     names, top = resolve_taps(backbone, tap_names, top, width)
     _, tap_name = resolve_tap(tap, names)

@@ -211,6 +211,7 @@ def last_validation(path: Path, logs: Sequence[TrainingRun]) -> System | None:
 def sweep_best(dirs: Sequence[Path]) -> tuple[System | None, TrainingRun | None]:
     """The best configuration of a sweep as a row, and the log of the run that trained it."""
     from skipseg.engine.sweep import read_plan, records
+    from skipseg.models.registry import resolved_options
 
     config, plan = read_plan(dirs[0])
     mode = config.sweep.mode
@@ -219,7 +220,7 @@ def sweep_best(dirs: Sequence[Path]) -> tuple[System | None, TrainingRun | None]
         return None, None
     best = max(found, key=lambda r: r.get("mean_iou") or -1)
     which = "no connection" if best.get("label") is None else f"tap {best['label']}, n = {best['kernel']}"
-    label = f"skipnet {config.model.backbone or 'inception_v3'}: {which}"
+    label = f"skipnet {resolved_options(config.model)['backbone']}: {which}"
     name = PROBE_RUN if mode == "probe" else best["name"]
     run = completed_run(dirs, name)
     system = System(label, best, run.scores, [run.path], split=config.data.val_split,

@@ -86,7 +86,9 @@ def training_ids(path: str | Path) -> set[str] | None:
 
 def scored_on_model(model: ModelConfig) -> str:
     """"cells" for a box-wise grid model (a skip net scored per G×G cell), else "pixels"."""
-    return "cells" if model.name == "skipnet" and (model.mode or "box") == "box" else "pixels"
+    from skipseg.models.registry import resolved_options
+
+    return "cells" if model.name == "skipnet" and resolved_options(model)["mode"] == "box" else "pixels"
 
 
 def scored_on(path: str | Path) -> str:

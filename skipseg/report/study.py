@@ -9,6 +9,7 @@ from typing import Sequence
 from skipseg.core.rundir import SweepDir
 from skipseg.engine.sweep import read_plan, records
 from skipseg.errors import SkipsegError
+from skipseg.models.registry import resolved_options
 from skipseg.report.overlap import scored_on_model, split_ids
 from skipseg.report.score_maps import sweep_score_maps
 from skipseg.report.tables import write_tables
@@ -26,8 +27,8 @@ def collect(dirs: Sequence[str | Path], out: str | Path | None = None, score_map
     found, missing = records(dirs, plan, mode)
     report = Path(out) if out else SweepDir(dirs[0]).report
     labels = list(dict.fromkeys(r.label for r in plan))
-    backbone = config.model.backbone or "inception_v3"
-    method = f"skipnet on {backbone} ({config.model.mode or 'box'}-wise, {mode} runs)"
+    options = resolved_options(config.model)
+    method = f"skipnet on {options['backbone']} ({options['mode']}-wise, {mode} runs)"
     note = (f"{len(found)} of {len(plan)} configurations found"
             + (f"; missing: {', '.join(missing)}" if missing else "") + f". Sweep folders: {', '.join(map(str, dirs))}.")
     compare = [(c.name, c.run) for c in config.sweep.compare]

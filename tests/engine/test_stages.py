@@ -179,11 +179,12 @@ def test_paper_and_cpu_configs():
     assert (one.data.sampling, one.train.iterations, two.data.sampling, two.train.iterations) == \
         ("instances", 20000, "proposals", 40000)
     for cfg in (one, two):
-        assert (cfg.data.resize, cfg.data.crop_size, cfg.model.input_size, cfg.data.extend) == (250, 224, 224, 1.2)
+        assert (cfg.data.resize, cfg.data.crop_size, cfg.model.options["input_size"], cfg.data.extend) == \
+            (250, 224, 224, 1.2)
         assert cfg.train.batch_size * cfg.train.accumulate == 64 and cfg.data.balance and cfg.data.flip
         assert (cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay) == ("sgd", 0.01, 0.9, 5e-4)
         assert cfg.train.lr_schedule == "step" and cfg.crf.bilateral_sxy == 20.0 and cfg.crf.iterations == 10
     assert two.model.init_from == "RUN/stage1/checkpoints/last.pt"
     for _, cfg in stage_configs(load_staged_config(root / "deconvnet_shapes.yaml"), "RUN"):
-        size = cfg.model.input_size
+        size = cfg.model.options["input_size"]
         assert cfg.data.crop_size == size and cfg.data.resize == round(size * 250 / 224) and size % 32 == 0

@@ -34,8 +34,8 @@ def test_the_paper_sweep_expands_to_22_runs():
     assert len(plan) == 1 + 7 * 3 and plan[0] == sweep.PlannedRun("noskip", None, None, None)
     assert plan[-1] == sweep.PlannedRun("tap7_k7", "7", "Mixed_7b", 7)
     run = sweep.run_config(config, next(r for r in plan if r.name == "tap6_k5"))
-    assert (run.model.tap, run.model.kernel, run.model.name) == ("6", 5, "skipnet")
-    assert sweep.run_config(config, plan[0]).model.tap == "none"
+    assert (run.model.options["tap"], run.model.options["kernel"], run.model.name) == ("6", 5, "skipnet")
+    assert sweep.run_config(config, plan[0]).model.options["tap"] == "none"
     named = sweep.load_sweep_config(ROOT / "configs" / "skip_inception_voc.yaml",
                                     ["sweep.taps=[none, Mixed_6e, Mixed_6b]", "sweep.kernels=[7]"])
     assert [r.name for r in sweep.expand(named)] == ["noskip", "tap6_k7", "tapMixed_6b_k7"]

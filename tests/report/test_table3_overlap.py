@@ -14,8 +14,8 @@ from skipseg.report.tables import PUBLISHED, table3
 def _run(folder, root, split, init_from=None, name="fcn8s", mode=None, miou=0.5):
     """A finished run folder as `skipseg train` leaves it: config.yaml and an evaluation."""
     folder.mkdir(parents=True)
-    config = Config(model=ModelConfig(name=name, init_from=str(init_from) if init_from else None, mode=mode),
-                    data=DataConfig(root=str(root), train_split=split))
+    model = ModelConfig(name=name, init_from=str(init_from) if init_from else None, options={"mode": mode})
+    config = Config(model=model, data=DataConfig(root=str(root), train_split=split))
     (folder / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config)))
     (folder / "eval").mkdir()
     (folder / "eval" / "metrics.json").write_text(json.dumps(
