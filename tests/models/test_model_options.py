@@ -20,7 +20,7 @@ from skipseg.models.options import option_hints, split
 from skipseg.models.registry import (COMMON_OPTIONS, build_model, check_model_config, get_entry, list_models,
                                      model_options, resolved_options)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VGG_FCNS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 FCN8S_KEYS = ("name, num_classes, width, pretrained, weights, init_from, learnable_upsampling, original_padding, "
               "dropout, batch_norm")

@@ -26,7 +26,7 @@ from skipseg.inference.crf import CRFParams
 from skipseg.models.options import option_hints, split
 from skipseg.models.registry import COMMON_OPTIONS, check_model_config, get_entry, list_models, model_options
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOP_LEVEL = (Config, SweepConfig, StagedConfig, PretrainConfig)  # every class a config file is loaded into
 
 
