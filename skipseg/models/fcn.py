@@ -51,7 +51,7 @@ class FCNHead(nn.Module):
         edge_pad: int = 1,
     ) -> None:
         super().__init__()
-        self.top = top
+        self.top, self.num_classes = top, num_classes
         info = backbone.tap(top)
         self.score_fr = _score(info.channels, num_classes)
         scales = tuple(skip_scales) if skip_scales is not None else (1.0,) * len(skips)
@@ -93,22 +93,12 @@ class FCNHead(nn.Module):
 
 
 class FCN(nn.Module):
-    """A backbone (named taps) + an `FCNHead`; the arguments are the head's (see `FCNHead`)."""
+    """A backbone (named taps) + an `FCNHead` built on those taps."""
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        num_classes: int,
-        top: str,
-        skips: Sequence[str] = (),
-        skip_scales: Sequence[float] | None = None,
-        learnable_upsampling: bool = False,
-        edge_pad: int = 1,
-    ) -> None:
+    def __init__(self, backbone: Backbone, head: FCNHead) -> None:
         super().__init__()
-        self.backbone, self.num_classes = backbone, num_classes
+        self.backbone, self.head, self.num_classes = backbone, head, head.num_classes
         self.fully_connected = tuple(f"backbone.{name}" for name in getattr(backbone, "fully_connected", ()))
-        self.head = FCNHead(backbone, num_classes, top, skips, skip_scales, learnable_upsampling, edge_pad)
 
     def forward(self, x: Tensor) -> Tensor:
         taps = self.backbone(x)  # {name: [N, C_tap, H / stride, W / stride] (about)}
@@ -128,8 +118,9 @@ def _vgg_fcn(name: str, description: str, skips: tuple[str, ...] = (),
         `original_padding`: the reference layout (conv1_1 padded by 100, fc6 unpadded, no edge padding);
         `dropout`: of fc6/fc7 (the reference: 0.5); `batch_norm`: torchvision's vgg16_bn layout and weights."""
         backbone = VGG16Backbone(width, original_padding=original_padding, dropout=dropout, batch_norm=batch_norm)
-        model = FCN(backbone, num_classes, "fc7", skips, scales, learnable_upsampling,
-                    edge_pad=0 if original_padding else 1)
+        head = FCNHead(backbone, num_classes, "fc7", skips, scales, learnable_upsampling,
+                       edge_pad=0 if original_padding else 1)
+        model = FCN(backbone, head)
         initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
         return model
 
@@ -149,7 +140,8 @@ fcn8s_atonce = _vgg_fcn("fcn8s_atonce", "FCN-8s trained at once: pool4 scaled by
 def fcn32s_alexnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None,
                    weights: str | None = None, init_from: str | None = None,
                    learnable_upsampling: bool = False, dropout: Dropout = 0.5) -> FCN:
-    model = FCN(AlexNetBackbone(width, dropout), num_classes, "fc7", learnable_upsampling=learnable_upsampling)
+    backbone = AlexNetBackbone(width, dropout)
+    model = FCN(backbone, FCNHead(backbone, num_classes, "fc7", learnable_upsampling=learnable_upsampling))
     initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
     return model
 
@@ -158,6 +150,7 @@ def fcn32s_alexnet(num_classes: int = 21, width: float = 1.0, pretrained: str | 
 def fcn32s_googlenet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None,
                      weights: str | None = None, init_from: str | None = None,
                      learnable_upsampling: bool = False) -> FCN:
-    model = FCN(GoogLeNetBackbone(width), num_classes, "inception5b", learnable_upsampling=learnable_upsampling)
+    backbone = GoogLeNetBackbone(width)
+    model = FCN(backbone, FCNHead(backbone, num_classes, "inception5b", learnable_upsampling=learnable_upsampling))
     initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
     return model
