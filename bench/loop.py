@@ -12,7 +12,9 @@ prefetched batches (their time is left out of the loop's). Each window gives one
 seconds per step over loop seconds per step, both medians of that window's steps; the figure is
 the median of the windows' ratios (the first window, with the one-time start-up, left out), i.e.
 what the loop keeps of the step's speed (target: >= 0.85). The first decode of every image into
-the cache is part of the loop's first epoch, as in a real run.
+the cache is part of the loop's first epoch, as in a real run. The loop's wait for each batch
+(decode, augmentation, collation: `next()` on its loader) is timed too, so the figure says how much
+of the gap is the data path.
 """
 from __future__ import annotations
 
@@ -85,6 +87,22 @@ class Interleaved:
         return [bare / loop for loop, bare in self.windows[1:]]
 
 
+class TimedBatches:
+    """Wraps the trainer's batch iterator: `seconds` holds how long each `next()` took."""
+
+    def __init__(self, batches) -> None:
+        self.batches, self.seconds = batches, []
+
+    def __iter__(self) -> "TimedBatches":
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        batch = next(self.batches)
+        self.seconds.append(time.perf_counter() - start)
+        return batch
+
+
 def interleaved_rates(config, run_dir, iterations: int, window: int, bare_repeats: int) -> dict[str, Any]:
     train = dataclasses.replace(config.train, iterations=iterations, val_every=10**9, checkpoint_every=10**9,
                                 lr_schedule="constant")
@@ -96,6 +114,14 @@ def interleaved_rates(config, run_dir, iterations: int, window: int, bare_repeat
     trainer = Trainer(config, run_dir / "loop", progress=True, callbacks=(timer,))
     trainer.save = lambda name="last.pt": None  # the final checkpoint is not the loop's cost
     trainer.validate = lambda: {"mean_iou": 0.0}  # nor the final validation
+    timed: list[TimedBatches] = []
+    make_batches = trainer._batches
+
+    def timed_batches() -> TimedBatches:  # what run() iterates, timed
+        timed.append(TimedBatches(make_batches()))
+        return timed[-1]
+
+    trainer._batches = timed_batches
     trainer.net.train()
     trainer._train_step(batches)  # warm-up, as the loop's own first steps are
     timer.last = time.perf_counter()
@@ -106,7 +132,10 @@ def interleaved_rates(config, run_dir, iterations: int, window: int, bare_repeat
     return {"iterations": iterations, "windows": len(timer.ratios()), "window_steps": window,
             "bare_repeats": bare_repeats, "ratios": [round(r, 4) for r in timer.ratios()],
             "ratio": statistics.median(timer.ratios()), "loop_images_per_s": images / loop_s,
-            "bare_images_per_s": images / bare_s, "startup_window_s_per_step": timer.windows[0][0]}
+            "bare_images_per_s": images / bare_s, "startup_window_s_per_step": timer.windows[0][0],
+            # after the first window, as the ratio; per optimiser step (all micro-batches)
+            "data_ms_per_step": 1000 * train.accumulate * statistics.median(timed[0].seconds[window * train.accumulate:]),
+            "bare_ms_per_step": 1000 * bare_s, "loop_ms_per_step": 1000 * loop_s}
 
 
 def run(ctx: Context) -> dict:
@@ -125,7 +154,9 @@ def run(ctx: Context) -> dict:
                f"batch {config.train.batch_size}) interleaved with Trainer._train_step on prefetched batches "
                f"({case['bare_repeats']} after every {case['window_steps']} loop steps): median over "
                f"{case['windows']} windows of bare / loop median s per step; loop "
-               f"{case['loop_images_per_s']:.0f} images/s, bare {case['bare_images_per_s']:.0f}; "
+               f"{case['loop_images_per_s']:.0f} images/s, bare {case['bare_images_per_s']:.0f}; per step: "
+               f"loop {case['loop_ms_per_step']:.1f} ms, bare {case['bare_ms_per_step']:.1f} ms, of which the loop "
+               f"waits {case['data_ms_per_step']:.1f} ms for its batch (median); "
                f"{torch.get_num_threads()} threads")
         fig = figure(f"loop_vs_step_{name}", case["ratio"], "x", how)
         add_target(fig, case["ratio"], LOOP_TARGET, True, f"training loop keeps >= {LOOP_TARGET:.0%} of the bare step's images/s")

@@ -154,6 +154,10 @@ class TrainAugmentation:
         self.scale = RandomScale(scale_range).scale_range if scale_range is not None else None
         self.flip = flip
         self.mean, self.std = list(mean), list(std)
+        # ToDtype + Normalize's arithmetic (× 1/255, − mean, ÷ std) with the [3, 1, 1] tensors made
+        # once: Normalize builds and checks them at every call, a fifth of this pipeline at 64 px.
+        self._mean = torch.as_tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.as_tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
         # Padding happens on the uint8 image, so the mean pixel in 0..255 (it normalises to ~0).
         self.fill = [int(round(255 * m)) for m in mean]
 
@@ -174,7 +178,7 @@ class TrainAugmentation:
         if self.flip and not torch.rand(1) >= 0.5:  # RandomHorizontalFlip(p=0.5)'s draw and test
             image = F.horizontal_flip_image(image)
             mask = F.horizontal_flip_mask(mask) if mask is not None else None
-        image = F.normalize_image(F.to_dtype_image(image, torch.float32, scale=True), self.mean, self.std)
+        image = image.to(torch.float32).mul_(1.0 / 255).sub_(self._mean).div_(self._std)  # [3, H, W]
         return tv_tensors.Image(image), tv_tensors.Mask(mask) if mask is not None else None
 
     @staticmethod
