@@ -172,21 +172,46 @@ def _layers(keys: list[str]) -> str:
     return ", ".join(f"{name} ({n} tensor{'s' * (n != 1)})" for name, n in counts.items()) or "nothing"
 
 
+def _checkpoint_classes(checkpoint: Mapping) -> int | None:
+    """The class count the checkpoint's run was configured with (None when it does not say)."""
+    config = checkpoint.get("config")
+    model = config.get("model") if isinstance(config, Mapping) else None
+    classes = model.get("num_classes") if isinstance(model, Mapping) else None
+    return classes if isinstance(classes, int) and not isinstance(classes, bool) else None
+
+
+def _class_shaped(there: tuple[int, ...], here: tuple[int, ...], classes_there: int | None,
+                  classes_here: int | None) -> bool:
+    """Whether two shapes differ only in axes that hold the class count, `classes_there` in the
+    checkpoint and `classes_here` in this model (a score or class-to-class upsampling layer)."""
+    if classes_there is None or classes_here is None or classes_there == classes_here or len(there) != len(here):
+        return False
+    differ = [(a, b) for a, b in zip(there, here) if a != b]
+    return bool(differ) and all(pair == (classes_there, classes_here) for pair in differ)
+
+
 def init_from_checkpoint(model: nn.Module, run_or_checkpoint: str | Path) -> dict[str, list[str]]:
     """Copy every tensor whose name and shape match from a trained model (staged training).
 
     Layers that the source lacks (FCN-16s's score_pool4 when starting from an FCN-32s) keep their
-    initial values (zero for score layers, bilinear for upsampling). A layer present in both with a
-    different shape (another width or num_classes) is an error naming it. Returns
-    `{"copied", "kept", "ignored"}` key lists, also logged.
+    initial values (zero for score layers, bilinear for upsampling). So do the layers shaped by the
+    class count when the checkpoint's run had another `num_classes` (fine-tuning a model trained on
+    another label set, as VOC training starts from a COCO model): they are listed as
+    `reinitialised`. Any other layer present in both with a different shape (another width or
+    input size) is an error naming it. Returns `{"copied", "kept", "reinitialised", "ignored"}` key
+    lists, also logged.
     """
     source = resolve_checkpoint(run_or_checkpoint)
-    state = {_strip_wrappers(k): v for k, v in load_checkpoint(source)["model"].items()}
+    checkpoint = load_checkpoint(source)
+    state = {_strip_wrappers(k): v for k, v in checkpoint["model"].items()}
+    classes_there, classes_here = _checkpoint_classes(checkpoint), getattr(model, "num_classes", None)
     target = model.state_dict()
-    copied, kept = [], []
+    copied, kept, reinitialised = [], [], []
     for key, tensor in target.items():
         if key not in state:
             kept.append(key)
+        elif _class_shaped(tuple(state[key].shape), tuple(tensor.shape), classes_there, classes_here):
+            reinitialised.append(key)
         elif tuple(state[key].shape) != tuple(tensor.shape):
             raise SkipsegError(
                 f"{source}: {key} has shape {tuple(state[key].shape)} there but {tuple(tensor.shape)} in "
@@ -201,8 +226,11 @@ def init_from_checkpoint(model: nn.Module, run_or_checkpoint: str | Path) -> dic
     model.load_state_dict({k: state[k] for k in copied}, strict=False)
     logger.info("init_from %s: copied %s", source, _layers(copied))
     logger.info("init_from %s: kept initial values of %s", source, _layers(kept))
+    if reinitialised:
+        logger.info("init_from %s: %d classes there, %d here: initial values for %s", source, classes_there,
+                    classes_here, _layers(reinitialised))
     logger.info("init_from %s: not used from the checkpoint: %s", source, _layers(ignored))
-    return {"copied": copied, "kept": kept, "ignored": ignored}
+    return {"copied": copied, "kept": kept, "reinitialised": reinitialised, "ignored": ignored}
 
 
 def initialize(

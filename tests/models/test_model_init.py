@@ -174,6 +174,29 @@ def test_staged_init_32s_to_16s_to_8s(tmp_path, caplog) -> None:
     assert "head.score_pool3.weight" in report["kept"] and "head.upscore16.weight" in report["ignored"]
 
 
+def test_init_from_another_label_set_keeps_the_class_layers_initial(tmp_path, caplog) -> None:
+    """Fine-tuning a model trained on other classes (COCO → VOC): everything but the class-shaped
+    layers is copied, those keep their initial values (zero scores, bilinear upsampling)."""
+    source = _randomised(build_model("fcn8s", width=TINY, num_classes=21))
+    save_checkpoint(tmp_path / "coco.pt", {"model": source.state_dict(), "config": {"model": {"num_classes": 21}}})
+    with caplog.at_level(logging.INFO, logger="skipseg"):
+        tuned = build_model("fcn8s", width=TINY, num_classes=5, init_from=str(tmp_path / "coco.pt"))
+    fresh = build_model("fcn8s", width=TINY, num_classes=5)
+    report = model_init.init_from_checkpoint(build_model("fcn8s", width=TINY, num_classes=5), tmp_path / "coco.pt")
+    assert set(report["reinitialised"]) == {k for k, v in fresh.state_dict().items() if 5 in v.shape[:2]}
+    assert "head.score_fr.weight" in report["reinitialised"] and "head.upscore8.weight" in report["reinitialised"]
+    for key, value in tuned.state_dict().items():
+        expected = fresh.state_dict()[key] if key in report["reinitialised"] else source.state_dict()[key]
+        assert torch.equal(value, expected), key
+    assert "21 classes there, 5 here" in caplog.text
+    # the class count must be why: a checkpoint that does not say it, or another width, stays an error
+    save_checkpoint(tmp_path / "unknown.pt", {"model": source.state_dict(), "config": {}})
+    with pytest.raises(SkipsegError, match=r"head\.score_fr\.weight has shape"):
+        build_model("fcn8s", width=TINY, num_classes=5, init_from=str(tmp_path / "unknown.pt"))
+    with pytest.raises(SkipsegError, match=r"backbone\.features\.0\.weight has shape"):
+        build_model("fcn8s", width=0.125, num_classes=5, init_from=str(tmp_path / "coco.pt"))
+
+
 def test_staged_init_errors(tmp_path) -> None:
     save_checkpoint(tmp_path / "fcn32.pt", {"model": build_model("fcn32s", width=TINY).state_dict(), "config": {}})
     with pytest.raises(SkipsegError, match=r"head\.score_fr\.weight has shape"):
