@@ -2,11 +2,13 @@
 (the command modules import their work lazily, so `skipseg --help` does not load torch).
 
 Errors: a `SkipsegError` (or a missing file) is printed as one line `skipseg: error: ...` with exit
-code 2; the traceback only with `--debug`.
+code 2; the traceback only with `--debug`. The `skipseg` loggers' messages (how each model was
+initialised: which weights, what `init_from` copied, kept or started afresh) go to stderr.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 from typing import Sequence
@@ -16,6 +18,20 @@ from skipseg.errors import SkipsegError
 
 # Command modules, in the order `skipseg --help` lists them. Each defines `register(subparsers)`.
 COMMAND_MODULES = (demo, data, score, models, pretrain, train, evaluate, predict, sweep, report, export)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes each record to the `sys.stderr` of the moment (tests and the demo swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_logs() -> None:
+    logger = logging.getLogger("skipseg")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = list(args.overrides or []) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _show_logs()
     try:
         result = args.func(args)
     except SkipsegError as exc:

@@ -31,6 +31,24 @@ def test_train_writes_a_complete_run(trained_run):
     assert sum(",train," in row for row in rows) == 3 and sum(",val," in row for row in rows) == 1
 
 
+def test_train_from_a_run_with_other_classes_says_what_it_copied(tmp_path, shapes_root, capsys):
+    """`init_from` a model of another label set: the backbone is copied, the class layers start
+    afresh, and stderr says both (the user's only view of what the model started from)."""
+    from skipseg.core.checkpoint import save_checkpoint
+    from skipseg.models.registry import build_model
+
+    source = build_model("fcn16s", width=0.0625, num_classes=5)
+    save_checkpoint(tmp_path / "other.pt", {"model": source.state_dict(), "config": {"model": {"num_classes": 5}}})
+    config = tmp_path / "tiny8.yaml"
+    config.write_text(f"model:\n  name: fcn8s\n  init_from: {tmp_path / 'other.pt'}\ndata:\n  root: {shapes_root}\n")
+    capsys.readouterr()
+    for run in ("a", "b"):
+        assert main(["train", str(config), *TINY, "--out", str(tmp_path / run), "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        assert "copied backbone" in err and "5 classes there, 21 here: initial values for head.score_fr" in err
+        assert err.count("copied backbone") == 1  # one handler, however often main() runs in a process
+
+
 def test_evaluate_writes_scores_and_palette_predictions(tmp_path, trained_run, shapes_root):
     out = tmp_path / "eval"
     assert main(["evaluate", str(trained_run), "--data", str(shapes_root), "--save-pred", "--flip",

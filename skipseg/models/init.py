@@ -225,11 +225,13 @@ def init_from_checkpoint(model: nn.Module, run_or_checkpoint: str | Path) -> dic
         raise SkipsegError(f"{source}: no layer matches this model by name (is it a model of another family?)")
     model.load_state_dict({k: state[k] for k in copied}, strict=False)
     logger.info("init_from %s: copied %s", source, _layers(copied))
-    logger.info("init_from %s: kept initial values of %s", source, _layers(kept))
+    if kept:
+        logger.info("init_from %s: kept initial values of %s", source, _layers(kept))
     if reinitialised:
         logger.info("init_from %s: %d classes there, %d here: initial values for %s", source, classes_there,
                     classes_here, _layers(reinitialised))
-    logger.info("init_from %s: not used from the checkpoint: %s", source, _layers(ignored))
+    if ignored:
+        logger.info("init_from %s: not used from the checkpoint: %s", source, _layers(ignored))
     return {"copied": copied, "kept": kept, "reinitialised": reinitialised, "ignored": ignored}
 
 
