@@ -30,6 +30,7 @@ from skipseg.engine.probe import ProbeTrainer
 from skipseg.engine.sweep import expand, load_sweep_config, run_config
 from skipseg.engine.trainer import Trainer
 from skipseg.models.probe import HeadSpec
+from skipseg.models.registry import resolved_options
 
 CONFIG = ROOT / "configs" / "skip_inception_shapes.yaml"
 PROBE_TARGET = 1.5
@@ -92,7 +93,7 @@ def run(ctx: Context) -> dict:
     probe_table = projected(probe)
     single_table = statistics.mean(projected(r) for r in separate.values())
     separate_table = (sum(projected(r) for r in separate.values()) if measured_all else single_table * len(plan))
-    size = config.model.options.get("input_size")
+    size = resolved_options(config.model)["input_size"]
     common = (f"{CONFIG.name} (inception_v3 at {size}², batch {config.train.batch_size}, "
               f"{iterations} iterations, final validation on "
               f"{val_images} images and a checkpoint), {torch.get_num_threads()} threads")
