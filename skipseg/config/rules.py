@@ -64,7 +64,7 @@ def rule_key(key: str) -> str:
 
 # Every numeric key of every section (a list[int] key: each item), keyed like CHOICES (list
 # positions dropped: `sweep.kernels[2]` → `sweep.kernels`); None stays allowed where the annotation
-# allows it. tests/test_config_ranges.py fails for a numeric field missing here. A model's own options
+# allows it. tests/config/test_config_ranges.py fails for a numeric field missing here. A model's own options
 # carry their rules in the builder's signature (`models/options.py`), with the limits only a builder
 # can check (deconvnet: input_size a multiple of 32; skipnet: width 1.0 except on VGG16).
 RANGES: dict[str, Range] = {
