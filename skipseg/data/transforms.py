@@ -160,6 +160,7 @@ class TrainAugmentation:
         self._std = torch.as_tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
         # Padding happens on the uint8 image, so the mean pixel in 0..255 (it normalises to ~0).
         self.fill = [int(round(255 * m)) for m in mean]
+        self._fill = torch.tensor(self.fill, dtype=torch.uint8).view(-1, 1, 1)
 
     def __call__(self, image: Any, mask: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         image = _as_image(image).as_subclass(torch.Tensor)
@@ -176,15 +177,21 @@ class TrainAugmentation:
         if self.crop is not None:
             image, mask = self._cropped(image, mask)
         if self.flip and not torch.rand(1) >= 0.5:  # RandomHorizontalFlip(p=0.5)'s draw and test
-            image = F.horizontal_flip_image(image)
-            mask = F.horizontal_flip_mask(mask) if mask is not None else None
+            image = image.flip(-1)  # what F.horizontal_flip_image/_mask do
+            mask = mask.flip(-1) if mask is not None else None
         image = image.to(torch.float32).mul_(1.0 / 255).sub_(self._mean).div_(self._std)  # [3, H, W]
-        return tv_tensors.Image(image), tv_tensors.Mask(mask) if mask is not None else None
+        if mask is None:
+            return image.as_subclass(tv_tensors.Image), None
+        return image.as_subclass(tv_tensors.Image), mask.to(torch.int64).as_subclass(tv_tensors.Mask)
 
     @staticmethod
     def _resized(image: torch.Tensor, mask: torch.Tensor | None, size: list[int]):
         image = F.resize_image(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-        if mask is not None:
+        if mask is not None and mask.dtype == torch.uint8:
+            # F.resize_mask's own kernel call, without its wrapping; on uint8 labels (what the
+            # datasets give) it needs no float round trip either, which F.resize_mask makes for int64.
+            mask = torch.nn.functional.interpolate(mask[None, None], size=size, mode="nearest-exact")[0, 0]
+        elif mask is not None:
             mask = F.resize_mask(mask, size, interpolation=InterpolationMode.NEAREST_EXACT)
         return image, mask
 
@@ -199,8 +206,8 @@ class TrainAugmentation:
         top = int(torch.randint(0, padded_height - crop_height + 1, ())) if padded_height > crop_height else 0
         left = int(torch.randint(0, padded_width - crop_width + 1, ())) if padded_width > crop_width else 0
         top, left = top - pad_height, left - pad_width  # in the unpadded image: may be negative
-        image = _window(image, top, left, crop_height, crop_width, self.fill)
-        mask = _window(mask, top, left, crop_height, crop_width, [IGNORE_INDEX]) if mask is not None else None
+        image = _window(image, top, left, crop_height, crop_width, self._fill)
+        mask = _window(mask, top, left, crop_height, crop_width, IGNORE_INDEX) if mask is not None else None
         return image, mask
 
     def __repr__(self) -> str:
@@ -208,14 +215,16 @@ class TrainAugmentation:
                 f"resize={self.resize})")
 
 
-def _window(tensor: torch.Tensor, top: int, left: int, height: int, width: int, fill: list[int]) -> torch.Tensor:
+def _window(tensor: torch.Tensor, top: int, left: int, height: int, width: int,
+            fill: torch.Tensor | int) -> torch.Tensor:
     """`tensor[..., top:top + height, left:left + width]` ([C, H, W] or [H, W]) where the window may
-    reach outside; outside pixels get `fill` (one value per channel, or one for a mask)."""
+    reach outside; outside pixels get `fill` (a [C, 1, 1] tensor of one value per channel, or one
+    value for a mask)."""
     rows, cols = tensor.shape[-2:]
     if top >= 0 and left >= 0 and top + height <= rows and left + width <= cols:
         return tensor[..., top:top + height, left:left + width]
     out = torch.empty(tensor.shape[:-2] + (height, width), dtype=tensor.dtype)
-    out[...] = torch.tensor(fill, dtype=tensor.dtype).view(-1, 1, 1) if tensor.ndim == 3 else fill[0]
+    out[...] = fill
     y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + height, rows), min(left + width, cols)
     if y1 > y0 and x1 > x0:
         out[..., y0 - top:y1 - top, x0 - left:x1 - left] = tensor[..., y0:y1, x0:x1]

@@ -133,16 +133,18 @@ def to_tv_tensors(image: Image.Image, mask: np.ndarray) -> tuple[tv_tensors.Imag
 
 
 class TransformedItems:
-    """`dataset[i]` = `transforms(load(i))` as tv_tensors (uint8 image, mask) when no transforms.
-    Needs `load(index) -> (PIL image, (H, W) uint8 mask)` and `transforms`."""
+    """`dataset[i]` = `transforms(image, mask)` of `load(i)` as tv_tensors: a uint8 [3, H, W] image
+    and a uint8 [H, W] mask of class ids (the label PNG's own type); without transforms, the uint8
+    image and an int64 mask (`to_tv_tensors`). Needs `load(index) -> (PIL image, (H, W) uint8 mask)`
+    and `transforms`, which must not modify their inputs in place (they may be the cached copy)."""
 
     transforms: Transforms | None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = to_tv_tensors(*self.load(index))  # type: ignore[attr-defined]
-        if self.transforms is not None:
-            return self.transforms(image, mask)
-        return image, mask
+        if self.transforms is None:
+            return to_tv_tensors(*self.load(index))  # type: ignore[attr-defined]
+        image, mask = DecodedCache.of(self).tensors(index, lambda: self.load(index))  # type: ignore[attr-defined]
+        return self.transforms(image, mask)
 
 
 class DecodedCache:
@@ -152,7 +154,7 @@ class DecodedCache:
     Kept in the dataset's `__dict__`, so a DataLoader worker fills its own copy."""
 
     def __init__(self, owner: object) -> None:
-        self.owner, self.items, self.used = owner, {}, 0
+        self.owner, self.items, self.tensor_items, self.used = owner, {}, {}, 0
 
     @classmethod
     def of(cls, owner: object) -> "DecodedCache":
@@ -168,6 +170,19 @@ class DecodedCache:
             image.load()
             self.items[key], self.used = (image, mask), self.used + size
         return image, mask
+
+    def tensors(self, key, load: Callable[[], tuple[Image.Image, np.ndarray]]) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """`load()`'s (image, mask) as uint8 tv_tensors ([3, H, W], [H, W]), kept like `get`'s while
+        the budget lasts: the conversion from PIL costs a training step more than the augmentation's
+        crop does at 64 px."""
+        if key in self.tensor_items:
+            return self.tensor_items[key]
+        image, mask = load()
+        pair = tv_tensors.Image(F.to_image(image)), tv_tensors.Mask(torch.from_numpy(np.array(mask, np.uint8)))
+        size = image.width * image.height * 4
+        if self.used + size <= getattr(self.owner, "cache_bytes", 0):
+            self.tensor_items[key], self.used = pair, self.used + size
+        return pair
 
 
 class BaseSegmentationDataset(TransformedItems, Dataset):

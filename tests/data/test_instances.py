@@ -230,3 +230,36 @@ def test_decoded_cache_keeps_crops_within_its_budget(tmp_path) -> None:
         uncached.load(0)  # no budget: it reads the (deleted) files again
     base_bytes = sum(image.width * image.height * 4 for image, _ in (base.load(i) for i in range(len(base))))
     assert base.__dict__["_decoded"].used == base_bytes <= base.cache_bytes
+
+
+def test_transformed_items_are_the_same_with_the_tensor_cache(tmp_path) -> None:
+    """The cache also keeps each sample as uint8 tensors for the transforms: the same training items
+    (draw for draw) as decoding every time, the transforms get uint8 class ids, and a cached sample
+    is not changed by being augmented; its bytes count against the same budget."""
+    generate_shapes(tmp_path, train=5, val=2, size=45, seed=4)
+    augment = train_transforms(32, scale_range=(0.5, 1.5), flip=True)
+    seen = []
+
+    def spy(image, mask):
+        seen.append((image.dtype, mask.dtype))
+        return augment(image, mask)
+
+    plain = open_dataset(tmp_path, "train", transforms=spy)
+    cached = open_dataset(tmp_path, "train", transforms=spy)
+    cached.cache_bytes = 1 << 20
+    crops = InstanceCropDataset(cached, transforms=spy)
+    for dataset, reference in ((cached, plain), (crops, InstanceCropDataset(plain, transforms=spy))):
+        for repeat in range(2):
+            for i in range(len(dataset)):
+                torch.manual_seed(10 * i + repeat)
+                got = dataset[i]
+                torch.manual_seed(10 * i + repeat)
+                want = reference[i]
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and got[1].dtype == torch.int64
+    assert set(seen) == {(torch.uint8, torch.uint8)}
+    memo = cached.__dict__["_decoded"]
+    assert len(memo.tensor_items) == len(cached) and memo.used <= cached.cache_bytes
+    image, mask = cached.load(0)
+    kept_image, kept_mask = memo.tensor_items[0]
+    assert torch.equal(kept_image, torch.from_numpy(np.array(image)).permute(2, 0, 1))
+    assert torch.equal(kept_mask, torch.from_numpy(mask))

@@ -243,6 +243,9 @@ def test_train_transforms_equal_the_v2_compose_draw_for_draw(crop, scale_range, 
         assert isinstance(got[0], tv_tensors.Image) and isinstance(got[1], tv_tensors.Mask)
         assert got[0].dtype == want[0].dtype and got[1].dtype == want[1].dtype == torch.int64
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        torch.manual_seed(seed)  # uint8 labels, as the datasets give them: the same int64 output
+        got8 = fast(image, tv_tensors.Mask(mask.to(torch.uint8)))
+        assert got8[1].dtype == torch.int64 and torch.equal(got8[0], want[0]) and torch.equal(got8[1], want[1])
     float_image = image.float() / 255  # a float input is converted to uint8 first, as ToDtype does
     torch.manual_seed(0)
     got = fast(tv_tensors.Image(float_image), mask)
