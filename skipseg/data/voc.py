@@ -165,10 +165,9 @@ class DecodedCache:
         if key in self.items:
             return self.items[key]
         image, mask = decode()
-        size = image.width * image.height * 4  # RGB + the uint8 mask
-        if self.used + size <= getattr(self.owner, "cache_bytes", 0):
+        if self._reserve(image):
             image.load()
-            self.items[key], self.used = (image, mask), self.used + size
+            self.items[key] = (image, mask)
         return image, mask
 
     def tensors(self, key, load: Callable[[], tuple[Image.Image, np.ndarray]]) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
@@ -179,10 +178,17 @@ class DecodedCache:
             return self.tensor_items[key]
         image, mask = load()
         pair = tv_tensors.Image(F.to_image(image)), tv_tensors.Mask(torch.from_numpy(np.array(mask, np.uint8)))
-        size = image.width * image.height * 4
-        if self.used + size <= getattr(self.owner, "cache_bytes", 0):
-            self.tensor_items[key], self.used = pair, self.used + size
+        if self._reserve(image):
+            self.tensor_items[key] = pair
         return pair
+
+    def _reserve(self, image: Image.Image) -> bool:
+        """Count a sample of `image`'s size (RGB + the uint8 mask) against the budget if it still fits."""
+        size = image.width * image.height * 4
+        if self.used + size > getattr(self.owner, "cache_bytes", 0):
+            return False
+        self.used += size
+        return True
 
 
 class BaseSegmentationDataset(TransformedItems, Dataset):
