@@ -33,10 +33,10 @@ def loader_rate(config, batches: int, workers: int) -> dict[str, Any]:
     data, cfg = config.data, config.train
     scales = (data.scale_min, data.scale_max)
     dataset = open_dataset(data.root, data.train_split, transforms=train_transforms(
-        data.crop_size, None if scales == (1.0, 1.0) else scales, flip=data.flip, resize=data.resize))
+        data.crop_size, None if scales == (1.0, 1.0) else scales, flip=data.flip, resize=data.resize, finish=False))
     sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, batches + 1, cfg.seed)
     start = time.perf_counter()
-    iterator = guarded_batches(SeededView(dataset), sampler, workers)
+    iterator = guarded_batches(SeededView(dataset), sampler, workers, finish=dataset.transforms.batch_finish)
     images = next(iterator)[0]
     first_s = time.perf_counter() - start
     count, start = 0, time.perf_counter()

@@ -6,7 +6,7 @@ and the main process raises it again, message intact, whatever the number of wor
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
@@ -30,19 +30,38 @@ class _Guarded(Dataset):
         except SkipsegError as exc:
             return LoadFailure(str(exc))
 
+    def __getitems__(self, items: list) -> list:
+        """The batch's items in one call when the dataset offers one (`SeededView`), else one by one."""
+        fetch = getattr(self.dataset, "__getitems__", None)
+        if fetch is None:
+            return [self[item] for item in items]
+        try:
+            return fetch(items)
+        except SkipsegError as exc:
+            return [LoadFailure(str(exc))]
 
-def _collate(items: list) -> Any:
-    for item in items:
-        if isinstance(item, LoadFailure):
-            return item
-    return default_collate(items)
+
+class _Collate:
+    """default_collate, then `finish` on the batch (e.g. `TrainAugmentation.finish_batch`); a
+    failed item passes through as the batch. A class, not a closure: workers receive it pickled."""
+
+    def __init__(self, finish: Callable[..., Any] | None) -> None:
+        self.finish = finish
+
+    def __call__(self, items: list) -> Any:
+        for item in items:
+            if isinstance(item, LoadFailure):
+                return item
+        batch = default_collate(items)
+        return batch if self.finish is None else self.finish(*batch)
 
 
 def guarded_batches(dataset: Dataset, batch_sampler: Sampler | Iterable, workers: int = 0,
-                    pin_memory: bool = False) -> Iterator:
-    """Iterate the batches of `DataLoader(dataset, batch_sampler=...)`, re-raising data errors cleanly."""
+                    pin_memory: bool = False, finish: Callable[..., Any] | None = None) -> Iterator:
+    """Iterate the batches of `DataLoader(dataset, batch_sampler=...)`, re-raising data errors cleanly;
+    `finish(*batch)`, if given, completes each collated batch (in the loader's workers, if any)."""
     loader = DataLoader(_Guarded(dataset), batch_sampler=batch_sampler, num_workers=workers,
-                        pin_memory=pin_memory, collate_fn=_collate)
+                        pin_memory=pin_memory, collate_fn=_Collate(finish))
     for batch in loader:
         if isinstance(batch, LoadFailure):
             raise SkipsegError(batch.message)

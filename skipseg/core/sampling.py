@@ -78,6 +78,16 @@ class SeededView(Dataset):
             torch.default_generator.manual_seed(seed)
             return self.dataset[index]
 
+    def __getitems__(self, items: list[tuple[int, int]]) -> list:
+        """A batch's items (what DataLoader asks for): each under its own seed, the caller's RNG
+        saved and restored once for the batch instead of once per item."""
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            for index, seed in items:
+                torch.default_generator.manual_seed(seed)
+                out.append(self.dataset[index])
+        return out
+
 
 class SizeGroupedBatchSampler(Sampler[list[int]]):
     """Evaluation batches of images that share a size (whole images at native size, no padding),

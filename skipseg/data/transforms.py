@@ -8,6 +8,7 @@ reproducible (the trainer relies on it to resume exactly).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -145,10 +146,15 @@ class TrainAugmentation:
     output tensors (tests/data/test_transforms.py holds it to that Compose). Why not the Compose itself:
     it flattens, checks and dispatches both inputs at every transform, which at the demo's 64 px
     costs more than the kernels do, and a training loop without loader workers waits for it.
+
+    `finish=False` stops before the last step: a uint8 image and the mask in its own dtype, so that
+    the loader finishes a whole batch at once (`finish_batch`: the same arithmetic on every pixel,
+    one call per batch instead of per image; the trainer does this).
     """
 
     def __init__(self, crop_size: Size | None, scale_range: tuple[float, float] | None, flip: bool,
-                 resize: Size | None, mean: Sequence[float], std: Sequence[float]) -> None:
+                 resize: Size | None, mean: Sequence[float], std: Sequence[float], finish: bool = True) -> None:
+        self.finish = finish
         self.crop = _pair(crop_size, "crop_size") if crop_size is not None else None
         self.resize = list(_pair(resize, "resize")) if resize is not None else None
         self.scale = RandomScale(scale_range).scale_range if scale_range is not None else None
@@ -179,18 +185,33 @@ class TrainAugmentation:
         if self.flip and not torch.rand(1) >= 0.5:  # RandomHorizontalFlip(p=0.5)'s draw and test
             image = image.flip(-1)  # what F.horizontal_flip_image/_mask do
             mask = mask.flip(-1) if mask is not None else None
-        image = image.to(torch.float32).mul_(1.0 / 255).sub_(self._mean).div_(self._std)  # [3, H, W]
+        if self.finish:
+            image, mask = self.finish_batch(image, mask)
         if mask is None:
             return image.as_subclass(tv_tensors.Image), None
-        return image.as_subclass(tv_tensors.Image), mask.to(torch.int64).as_subclass(tv_tensors.Mask)
+        return image.as_subclass(tv_tensors.Image), mask.as_subclass(tv_tensors.Mask)
+
+    @property
+    def batch_finish(self) -> Callable | None:
+        """What a loader applies to each collated batch of this augmentation's items: `finish_batch`
+        if they stop at uint8 crops (`finish=False`), else nothing."""
+        return None if self.finish else self.finish_batch
+
+    def finish_batch(self, images: torch.Tensor, masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 images ([3, H, W] or [N, 3, H, W]) → float32, normalised; masks → int64."""
+        images = images.to(torch.float32).mul_(1.0 / 255).sub_(self._mean).div_(self._std)
+        return images, masks.to(torch.int64) if masks is not None else None
 
     @staticmethod
     def _resized(image: torch.Tensor, mask: torch.Tensor | None, size: list[int]):
         image = F.resize_image(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-        if mask is not None and mask.dtype == torch.uint8:
-            # F.resize_mask's own kernel call, without its wrapping; on uint8 labels (what the
-            # datasets give) it needs no float round trip either, which F.resize_mask makes for int64.
-            mask = torch.nn.functional.interpolate(mask[None, None], size=size, mode="nearest-exact")[0, 0]
+        if mask is not None and mask.dtype == torch.uint8 and mask.dim() == 2:
+            # The uint8 labels the datasets give: F.resize_mask's nearest-exact kernel as two
+            # gathers of rows and columns, whose indices depend on the sizes only (kept per size):
+            # the kernel's own index arithmetic, so the same output (tests hold it to the kernel),
+            # with no float round trip, which F.resize_mask makes for int64, nor per-pixel indices.
+            rows, cols = nearest_exact_indices(mask.shape[0], size[0]), nearest_exact_indices(mask.shape[1], size[1])
+            mask = mask.index_select(0, rows).index_select(1, cols)
         elif mask is not None:
             mask = F.resize_mask(mask, size, interpolation=InterpolationMode.NEAREST_EXACT)
         return image, mask
@@ -231,6 +252,15 @@ def _window(tensor: torch.Tensor, top: int, left: int, height: int, width: int,
     return out
 
 
+@functools.lru_cache(maxsize=1024)
+def nearest_exact_indices(in_size: int, out_size: int) -> torch.Tensor:
+    """The source index of each output pixel of a nearest-exact resize of one axis, as torch's
+    kernel computes it: min(floor((i + 0.5) · scale), in − 1), in float32, scale = in / out."""
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    index = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale).floor_().to(torch.int64)
+    return index.clamp_(max=in_size - 1)
+
+
 def train_transforms(
     crop_size: Size | None,
     scale_range: tuple[float, float] | None = (0.5, 2.0),
@@ -238,10 +268,12 @@ def train_transforms(
     resize: Size | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-) -> Callable:
+    finish: bool = True,
+) -> TrainAugmentation:
     """The training augmentation (`TrainAugmentation`). `scale_range=None` skips the random scale;
-    `crop_size=None` keeps whole images (the FCN reference trains on whole images, batch 1)."""
-    return TrainAugmentation(crop_size, scale_range, flip, resize, mean, std)
+    `crop_size=None` keeps whole images (the FCN reference trains on whole images, batch 1);
+    `finish=False` leaves the float conversion and normalisation to `finish_batch`."""
+    return TrainAugmentation(crop_size, scale_range, flip, resize, mean, std, finish)
 
 
 def eval_transforms(

@@ -133,13 +133,17 @@ class Trainer:
         """Finish the current step, save `last.pt` and return (what SIGINT/SIGTERM do)."""
         self.stop_requested = True
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _sampler(self) -> ResumableBatchSampler:
+        """This rank's micro-batches of (index, augmentation seed) from the current step on."""
         cfg = self.config.train
-        sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, self.total_steps * cfg.accumulate,
-                                        cfg.seed, self.step * cfg.accumulate, self.runtime.rank,
-                                        self.runtime.world_size)
-        return guarded_batches(SeededView(self.train_set), sampler, self.config.data.workers,
-                               pin_memory=self.runtime.device.type == "cuda")
+        return ResumableBatchSampler(len(self.train_set), cfg.batch_size, self.total_steps * cfg.accumulate,
+                                     cfg.seed, self.step * cfg.accumulate, self.runtime.rank, self.runtime.world_size)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # build_train_set's augmentation stops at uint8 crops: each batch is normalised at once.
+        finish = getattr(getattr(self.train_set, "transforms", None), "batch_finish", None)
+        return guarded_batches(SeededView(self.train_set), self._sampler(), self.config.data.workers,
+                               pin_memory=self.runtime.device.type == "cuda", finish=finish)
 
     def _train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """One optimiser step over `accumulate` micro-batches; returns the step's loss.
@@ -235,7 +239,8 @@ class Trainer:
 
 
 def build_train_set(config: Config, run_dir: Path) -> Dataset:
-    """The training samples of `config.data.sampling`, each through the training augmentation:
+    """The training samples of `config.data.sampling`, each through the training augmentation up
+    to its uint8 crop (the trainer's loader normalises whole batches, `TrainAugmentation.finish_batch`):
     whole images, or DeconvNet's instance / proposal crops (optionally class-balanced), resized to
     `data.resize` (null: crop_size·250/224, the paper's 250 for 224) before the random crop.
     The crop datasets are deterministic (fixed order, cached proposals, balance by `train.seed`),
@@ -247,7 +252,7 @@ def build_train_set(config: Config, run_dir: Path) -> Dataset:
                                "instances or proposals")
         images = open_dataset(data.root, data.train_split, sbd_root=data.sbd_root,
                               transforms=train_transforms(data.crop_size, _scale_range(config), flip=data.flip,
-                                                          resize=data.resize))
+                                                          resize=data.resize, finish=False))
         images.cache_bytes = data.cache_mb << 20
         return images
     from skipseg.data.instances import InstanceCropDataset, ProposalCropDataset, balanced
@@ -258,7 +263,7 @@ def build_train_set(config: Config, run_dir: Path) -> Dataset:
     if not data.extend >= 1.0:
         raise SkipsegError(f"data.extend: must be >= 1 (the paper's 1.2), got {data.extend}")
     resize = data.resize or round(data.crop_size * 250 / 224)
-    transforms = train_transforms(data.crop_size, _scale_range(config), flip=data.flip, resize=resize)
+    transforms = train_transforms(data.crop_size, _scale_range(config), flip=data.flip, resize=resize, finish=False)
     base = open_dataset(data.root, data.train_split, sbd_root=data.sbd_root)
     base.cache_bytes = data.cache_mb << 20
     workers = max(1, data.workers)  # threads reading the masks once

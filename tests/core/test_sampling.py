@@ -49,6 +49,11 @@ def test_seeded_view_is_reproducible_and_leaves_caller_rng_alone():
     assert torch.rand(()).item() == expected_next
     assert view[(2, 123)] == a
     assert view[(2, 124)] != a
+    # a batch at once (what DataLoader asks for): each item as alone, the caller's RNG untouched
+    items = [(2, 123), (0, 7), (2, 124)]
+    torch.manual_seed(0)
+    assert view.__getitems__(items) == [view[item] for item in items]
+    assert torch.rand(()).item() == expected_next
 
 
 def test_size_grouped_batches_cover_every_image_once():

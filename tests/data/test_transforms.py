@@ -14,6 +14,7 @@ from skipseg.data.transforms import (
     Resize,
     denormalize,
     eval_transforms,
+    nearest_exact_indices,
     normalize,
     train_transforms,
 )
@@ -251,3 +252,32 @@ def test_train_transforms_equal_the_v2_compose_draw_for_draw(crop, scale_range, 
     got = fast(tv_tensors.Image(float_image), mask)
     torch.manual_seed(0)
     assert torch.equal(got[0], reference(tv_tensors.Image(float_image), mask)[0])
+
+
+def test_mask_resize_gathers_what_the_nearest_exact_kernel_gives():
+    """The uint8-label resize takes rows and columns by `nearest_exact_indices`: the kernel's pixels."""
+    pairs = [(i, o) for i in range(1, 40) for o in range(1, 90)] + [(375, 741), (500, 251), (64, 80), (71, 53)]
+    for in_size, out_size in pairs:
+        line = torch.arange(in_size, dtype=torch.float32)[None, None, None]  # [1, 1, 1, in]
+        kernel = torch.nn.functional.interpolate(line, size=(1, out_size), mode="nearest-exact")[0, 0, 0]
+        assert torch.equal(nearest_exact_indices(in_size, out_size), kernel.to(torch.int64)), (in_size, out_size)
+
+
+@pytest.mark.parametrize("size", [(45, 61), (64, 64)])
+def test_batch_finish_equals_the_finished_items(size):
+    """`finish=False` + `finish_batch` on the stacked batch: the full pipeline's items, to the bit."""
+    images = [torch.randint(0, 256, (3, *size), dtype=torch.uint8) for _ in range(4)]
+    masks = [torch.randint(0, 6, size, dtype=torch.uint8) for _ in range(4)]
+    full = train_transforms(48, scale_range=(0.6, 1.7), flip=True)
+    raw = train_transforms(48, scale_range=(0.6, 1.7), flip=True, finish=False)
+    expected, crops = [], []
+    for seed, (image, mask) in enumerate(zip(images, masks)):
+        torch.manual_seed(seed)
+        expected.append(full(tv_tensors.Image(image), tv_tensors.Mask(mask)))
+        torch.manual_seed(seed)
+        crops.append(raw(tv_tensors.Image(image), tv_tensors.Mask(mask)))
+    assert all(c[0].dtype == torch.uint8 and c[1].dtype == torch.uint8 for c in crops)
+    batch_images, batch_masks = raw.finish_batch(torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops]))
+    assert batch_masks.dtype == torch.int64
+    assert torch.equal(batch_images, torch.stack([e[0] for e in expected]))
+    assert torch.equal(batch_masks, torch.stack([e[1] for e in expected]))

@@ -10,6 +10,9 @@ import torch
 from conftest import tiny_train_config
 from skipseg.core.checkpoint import load_checkpoint
 from skipseg.engine.logbook import read_metrics
+from skipseg.core.sampling import SeededView
+from skipseg.data.datasets import open_dataset
+from skipseg.data.transforms import train_transforms
 from skipseg.engine.trainer import Trainer
 from skipseg.errors import SkipsegError
 
@@ -97,3 +100,17 @@ def test_accumulation_matches_the_large_batch(tmp_path, shapes_root):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
     assert train_losses(tmp_path / "big") == pytest.approx(train_losses(tmp_path / "small"), rel=1e-5)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_batches_are_the_augmented_items_stacked(tmp_path, shapes_root, workers):
+    """The loader finishes whole batches (uint8 crops → normalised floats, int64 labels): the same
+    tensors as the full augmentation of each item under its seed."""
+    trainer = Trainer(tiny_train_config(shapes_root, f"data.workers={workers}"), tmp_path / "run", progress=False)
+    full = SeededView(open_dataset(shapes_root, "train", transforms=train_transforms(32, scale_range=(0.5, 2.0))))
+    first_batches = list(trainer._sampler())[:3]
+    for (images, masks), items in zip(trainer._batches(), first_batches):
+        expected = [full[item] for item in items]
+        assert images.dtype == torch.float32 and masks.dtype == torch.int64
+        assert torch.equal(images, torch.stack([image for image, _ in expected]))
+        assert torch.equal(masks, torch.stack([mask for _, mask in expected]))
