@@ -161,7 +161,11 @@ class DeconvNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.decoder.score.weight, std=0.01)
+        # The scoring conv (no batch norm after it): std 1/sqrt(fan-in), so that the initial logits
+        # spread about as much as its inputs. A small fixed std (0.01) starts the logits near zero,
+        # and at width 1/8 (8 input channels) Adam, moving each weight by about the lr per step,
+        # then needs hundreds of steps just to scale them up.
+        nn.init.normal_(self.decoder.score.weight, std=self.decoder.score.in_channels ** -0.5)
 
     def check_input(self, x: Tensor) -> None:
         h, w = (int(s) for s in x.shape[-2:])

@@ -285,3 +285,14 @@ def test_input_size_must_be_a_multiple_of_32(tmp_path) -> None:
     with pytest.raises(SkipsegError, match="vgg.pth: weights file not found"):  # any multiple of 32 takes weights
         build_model("deconvnet", width=TINY, input_size=64, weights=str(tmp_path / "vgg.pth"))
     assert main(["models", "describe", "deconvnet", "width=0.0625", "input_size=64", "--size", "64", "64"]) == 0
+
+
+@pytest.mark.parametrize("width", [TINY, 0.125])
+def test_initial_logits_are_not_collapsed_to_zero(width) -> None:
+    """The scoring conv starts at a scale where the logits differ between classes from the first
+    step: what lets a narrow decoder start learning (a tiny score init keeps them near 0)."""
+    torch.manual_seed(0)
+    model = build_model("deconvnet", num_classes=5, width=width, input_size=64).train()
+    with torch.no_grad():
+        spread = float(model(torch.randn(4, 3, 64, 64)).std(dim=1).mean())  # over classes, per pixel
+    assert 0.1 < spread < 3.0
