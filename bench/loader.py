@@ -18,7 +18,7 @@ import torch
 
 from bench.common import ROOT, Context, add_target, figure, stats, time_calls
 from skipseg.config import load_config
-from skipseg.data.transforms import train_transforms
+from skipseg.data.augmentation import train_transforms
 from skipseg.data.datasets import open_dataset
 from skipseg.core.loading import guarded_batches
 from skipseg.core.sampling import ResumableBatchSampler, SeededView

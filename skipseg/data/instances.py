@@ -12,7 +12,7 @@ A crop window reaching outside the image is padded (image: the ImageNet mean pix
 padding never counts in the loss) and the object stays centred; `pad_outside=False` clips it to the
 image instead. Both datasets have SegmentationDataset's interface (`ids`, `class_names`,
 `num_classes`, `image_path`, `load`, `__getitem__` through `transforms`, e.g.
-`train_transforms(224, scale_range=None, flip=True, resize=250)` for the paper's augmentation).
+`augmentation.train_transforms(224, scale_range=None, flip=True, resize=250)` for the paper's augmentation).
 """
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from skipseg.config import Config, config_to_dict, save_run_config
 from skipseg.data.palette import IGNORE_INDEX
-from skipseg.data.transforms import eval_transforms, train_transforms
+from skipseg.data.augmentation import train_transforms
+from skipseg.data.transforms import eval_transforms
 from skipseg.data.datasets import open_dataset
 from skipseg.core.checkpoint import load_checkpoint, save_checkpoint
 from skipseg.core.rundir import RunDir

@@ -14,7 +14,7 @@ from skipseg.data.instances import (
     extend_box, object_boxes, repeat_factors,
 )
 from skipseg.data.shapes import generate_shapes
-from skipseg.data.transforms import train_transforms
+from skipseg.data.augmentation import train_transforms
 from skipseg.data.datasets import open_dataset
 from skipseg.errors import SkipsegError
 from skipseg.inference.proposals import proposals

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from skipseg.data.augmentation import nearest_exact_indices, train_transforms
 from skipseg.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -14,9 +15,7 @@ from skipseg.data.transforms import (
     Resize,
     denormalize,
     eval_transforms,
-    nearest_exact_indices,
     normalize,
-    train_transforms,
 )
 
 # label k ↔ colour COLOURS[k]: far apart, so any mix-up between image and mask shows

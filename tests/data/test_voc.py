@@ -12,7 +12,8 @@ from torchvision import tv_tensors
 
 from skipseg.data.check import DataError
 from skipseg.data.palette import VOC_CLASSES
-from skipseg.data.transforms import eval_transforms, train_transforms
+from skipseg.data.augmentation import train_transforms
+from skipseg.data.transforms import eval_transforms
 from skipseg.data.voc import SegmentationDataset
 from skipseg.data.datasets import open_dataset
 from skipseg.errors import SkipsegError

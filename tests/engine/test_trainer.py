@@ -12,7 +12,7 @@ from skipseg.core.checkpoint import load_checkpoint
 from skipseg.engine.logbook import read_metrics
 from skipseg.core.sampling import SeededView
 from skipseg.data.datasets import open_dataset
-from skipseg.data.transforms import train_transforms
+from skipseg.data.augmentation import train_transforms
 from skipseg.engine.trainer import Trainer
 from skipseg.errors import SkipsegError
 
