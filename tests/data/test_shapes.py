@@ -11,6 +11,8 @@ from skipseg.data import shapes
 from skipseg.data.shapes import writer
 from skipseg.data.palette import IGNORE_INDEX, read_label_png
 from skipseg.data.shapes import format_summary, generate_shapes, render_shapes_image
+from skipseg.data.shapes.objects import OBJECT_SCENE, STREAMS, as_stored, render_object
+from skipseg.data.shapes.render import render_scene
 from skipseg.errors import SkipsegError
 
 SIZE = 64
@@ -299,3 +301,21 @@ def test_scene_spec_narrows_classes_scales_and_objects(tmp_path):
 def test_scene_spec_rejects_bad_values(bad, key):
     with pytest.raises(SkipsegError, match=key):
         shapes.SceneSpec(**bad)
+
+
+def test_pretraining_images_are_stored_as_the_dataset_stores_its_images(dataset):
+    """The classification images go through the writer's JPEG encoding at the renderer's quality: a
+    classifier trained on the raw renders does not recognise the same objects once compressed."""
+    root, _ = dataset
+    for path in sorted((root / "JPEGImages").glob("*.jpg")):
+        rgb, _, _, quality = render_scene(1, int(path.stem.split("_")[1]), SIZE)
+        assert np.array_equal(as_stored(rgb, quality), np.asarray(Image.open(path).convert("RGB"))), path
+    checked = 0
+    for index in range(5):
+        rgb, cls_map, _, quality = render_scene(0, index, SIZE, OBJECT_SCENE, stream=(STREAMS["train"], 0))
+        if (cls_map[(cls_map > 0) & (cls_map != IGNORE_INDEX)]).size:  # the first scene holds the object
+            stored, raw = render_object(0, index, SIZE)[0], np.asarray(rgb)
+            assert np.array_equal(stored, as_stored(rgb, quality)) and not np.array_equal(stored, raw)
+            assert np.array_equal(render_object(0, index, SIZE, stored=False)[0], raw)
+            checked += 1
+    assert checked

@@ -5,19 +5,25 @@ What ImageNet is to PASCAL VOC, this is to the generated segmentation data: a la
 random scale, position and rotation, over the same cluttered backgrounds and distractors. Images
 come from the segmentation renderer with a stream of their own: image `i` of split `s` is drawn
 from `np.random.default_rng([seed, i, STREAMS[s]])`, never from `[seed, i]` as segmentation
-image `i` is, so no pretraining image is a segmentation image of any split (tested).
+image `i` is, so no pretraining image is a segmentation image of any split (tested). Each image
+goes through the JPEG encoding the dataset writer stores segmentation images with, at the quality
+the renderer draws for it: a classifier trained on the renderer's raw pixels does not recognise the
+same objects once they are compressed (README, "The embedded ImageNet").
 """
 from __future__ import annotations
 
+import io
 import multiprocessing
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from skipseg.data.shapes.geometry import SHAPE_NAMES
 from skipseg.data.shapes.render import NUM_CLASSES, SceneSpec, render_scene
+from skipseg.data.shapes.writer import jpeg_options
 from skipseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 STREAMS = {"train": 0x5EED_0001, "val": 0x5EED_0002}  # distinct from the segmentation's [seed, i]
@@ -37,16 +43,25 @@ class ObjectImages:
     seed: int = 0
 
 
-def render_object(seed: int, index: int, size: int, split: str = "train") -> tuple[np.ndarray, int]:
-    """Image `index` of a classification split: RGB uint8 (size, size, 3) and its label in [0, 20)."""
+def render_object(seed: int, index: int, size: int, split: str = "train", stored: bool = True
+                  ) -> tuple[np.ndarray, int]:
+    """Image `index` of a classification split: RGB uint8 (size, size, 3) and its label in [0, 20).
+    `stored=False`: the renderer's pixels before the JPEG encoding (to measure what it changes)."""
     if split not in STREAMS:
         raise ValueError(f"split must be one of {sorted(STREAMS)}, got {split!r}")
     for attempt in range(_MAX_TRIES):
-        rgb, cls_map, _, _ = render_scene(seed, index, size, OBJECT_SCENE, stream=(STREAMS[split], attempt))
+        rgb, cls_map, _, quality = render_scene(seed, index, size, OBJECT_SCENE, stream=(STREAMS[split], attempt))
         counts = np.bincount(cls_map.ravel(), minlength=256)[1:NUM_CLASSES]
         if counts.any():  # the one object is visible: its class is the label
-            return np.asarray(rgb), int(counts.argmax())
+            return (as_stored(rgb, quality) if stored else np.asarray(rgb)), int(counts.argmax())
     raise RuntimeError(f"no visible object in {_MAX_TRIES} scenes for image {index} (seed {seed}, size {size})")
+
+
+def as_stored(rgb: Image.Image, quality: int) -> np.ndarray:
+    """The pixels a generated image has once written as the dataset writer writes it and read back."""
+    buffer = io.BytesIO()
+    rgb.save(buffer, **jpeg_options(quality))
+    return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 def _render_chunk(args: tuple[int, int, int, int, str]) -> tuple[np.ndarray, np.ndarray]:

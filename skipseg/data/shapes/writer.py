@@ -31,6 +31,12 @@ def _image_id(index: int) -> str:
     return f"shapes_{index:06d}"
 
 
+def jpeg_options(quality: int) -> dict:
+    """How every generated image is stored (PIL save options). `objects.render_object` decodes its
+    images through the same encoding, so pretraining sees the JPEG artefacts segmentation sees."""
+    return {"format": "JPEG", "quality": quality, "optimize": False}
+
+
 def _save(image: Image.Image, path: Path, **params) -> None:
     # Encoding in memory and writing once is measurably faster than PIL's buffered file writes.
     buffer = io.BytesIO()
@@ -42,7 +48,7 @@ def _store(root: str, index: int, rendered: tuple, num_classes: int) -> tuple[in
     """Encode and write one rendered image and its masks; return (objects, class pixel counts)."""
     rgb, cls_map, obj, quality = rendered
     name, base = _image_id(index), Path(root)
-    _save(rgb, base / "JPEGImages" / f"{name}.jpg", format="JPEG", quality=quality, optimize=False)
+    _save(rgb, base / "JPEGImages" / f"{name}.jpg", **jpeg_options(quality))
     _save(label_to_image(cls_map), base / "SegmentationClass" / f"{name}.png", format="PNG",
           optimize=False)
     _save(label_to_image(obj), base / "SegmentationObject" / f"{name}.png", format="PNG", optimize=False)
