@@ -16,6 +16,7 @@ image instead. Both datasets have SegmentationDataset's interface (`ids`, `class
 """
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,17 @@ def _map_in_order(fn: Callable[[int], list], n: int, workers: int) -> list:
     else:
         parts = [fn(i) for i in range(n)]
     return [item for part in parts for item in part]
+
+
+def _in_processes(fn: Callable[[Path], np.ndarray], items: list[Path], workers: int) -> list[np.ndarray]:
+    """`[fn(item) for item in items]`, in `workers` processes when more than one (in order). For the
+    proposals: OpenCV's selective search seeds C's process-wide `rand()` under a lock, so threads
+    would take turns; `fn` must pickle (e.g. a `functools.partial` of `inference.proposals.proposals`).
+    Spawned, not forked: the parent's torch and OpenCV thread pools do not survive a fork."""
+    if workers > 1 and len(items) > 1:
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(items))) as pool:
+            return pool.map(fn, items, chunksize=max(1, len(items) // (8 * workers)))
+    return [fn(item) for item in items]
 
 
 class _CropDataset(TransformedItems, Dataset):
@@ -220,13 +232,15 @@ class ProposalCropDataset(_CropDataset):
     (the sample's class: that of the best-matching object), extended `extend`× like stage 1, all
     labels kept. `proposals_fn(image_path) -> [K, 4]` boxes in rank order, e.g.
     `functools.partial(skipseg.inference.proposals.proposals, k=200, cache_dir=...)`;
-    `max_per_image` keeps the first that many selected proposals of each image (None: all)."""
+    `max_per_image` keeps the first that many selected proposals of each image (None: all);
+    `search_workers` processes compute the proposals (`proposals_fn` must then pickle)."""
 
     kind = "proposals"
 
     def __init__(self, base: BaseSegmentationDataset, proposals_fn: Callable[[Path], np.ndarray],
                  min_iou: float = 0.5, max_per_image: int | None = None, extend: float = 1.2,
-                 transforms: Transforms | None = None, pad_outside: bool = True, workers: int = 0) -> None:
+                 transforms: Transforms | None = None, pad_outside: bool = True, workers: int = 0,
+                 search_workers: int = 1) -> None:
         if not getattr(base, "has_objects", False):
             raise SkipsegError(f"{getattr(base, 'root', base)}: matching proposals needs object masks")
         if not 0.0 < min_iou <= 1.0:
@@ -235,11 +249,12 @@ class ProposalCropDataset(_CropDataset):
             raise SkipsegError(f"max_per_image: must be >= 1 or null, got {max_per_image}")
         super().__init__(base, transforms, pad_outside)
         self.min_iou, self.max_per_image, self.extend = min_iou, max_per_image, extend
+        proposed = _in_processes(proposals_fn, [base.image_path(i) for i in range(len(base))], search_workers)
 
         def scan(i: int) -> list[CropSample]:
             _, classes = base.load(i)
             found = object_boxes(classes, base.load_objects(i))
-            boxes = np.asarray(proposals_fn(base.image_path(i))).reshape(-1, 4)
+            boxes = np.asarray(proposed[i]).reshape(-1, 4)
             if not found or not len(boxes):
                 return []
             iou = box_iou(boxes, [box for _, _, box in found])  # [K, G]

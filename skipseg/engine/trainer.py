@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from functools import partial
@@ -278,8 +279,9 @@ def build_train_set(config: Config, run_dir: Path) -> Dataset:
                                f"{data.proposals} / {data.min_iou}")
         cache = Path(data.proposal_cache) if data.proposal_cache else RunDir(run_dir).proposals
         search = partial(proposals, k=data.proposals, cache_dir=cache, max_side=data.proposal_side)
-        crops = ProposalCropDataset(base, search, data.min_iou,
-                                    extend=data.extend, transforms=transforms, workers=workers)
+        # the proposals once, before training starts: one process per core (cached on disk after that)
+        crops = ProposalCropDataset(base, search, data.min_iou, extend=data.extend, transforms=transforms,
+                                    workers=workers, search_workers=os.cpu_count() or 1)
     return balanced(crops, seed=config.train.seed) if data.balance else crops
 
 

@@ -143,6 +143,13 @@ def test_stage2_selects_by_iou_and_keeps_all_labels(shapes, tmp_path) -> None:
     assert len(list(tmp_path.glob("*.npy"))) == len(shapes)  # one cached proposal file per image
 
 
+def test_stage2_proposals_in_processes_give_the_same_samples(shapes, tmp_path) -> None:
+    search = partial(proposals, k=30)  # no cache: both datasets run selective search themselves
+    serial = ProposalCropDataset(shapes, search, min_iou=0.5)
+    spawned = ProposalCropDataset(shapes, search, min_iou=0.5, search_workers=2)
+    assert len(serial) > 0 and spawned.samples == serial.samples
+
+
 def test_class_balance_by_repetition() -> None:
     assert repeat_factors([1, 1, 1, 2, 3, 3]).tolist() == [1, 1, 1, 3, 2, 2]
     assert repeat_factors([]).tolist() == []
@@ -193,6 +200,7 @@ def test_stage2_proposal_count_and_source_resolution_are_config_keys(shapes, tmp
         return np.array([[0, 0, 64, 64]])
 
     monkeypatch.setattr(proposals_module, "proposals", search)
+    monkeypatch.setattr(trainer.os, "cpu_count", lambda: 1)  # the stand-in records its calls in this process
     for side, expected in (("null", None), ("48", 48)):
         config = load_config(None, [f"data.root={shapes.root}", "data.sampling=proposals", "data.crop_size=32",
                                     "data.proposals=2000", f"data.proposal_side={side}", "data.min_iou=0.3",
