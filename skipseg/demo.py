@@ -51,7 +51,7 @@ class DemoSettings:
                                                  "clutter": 0.5})
 
 
-FULL = DemoSettings(train_images=3000, val_images=60, size=64, classes=6, fcn_iterations=(1000, 2000, 7000),
+FULL = DemoSettings(train_images=3000, val_images=60, size=64, classes=6, fcn_iterations=(500, 1000, 3500),
                     deconv_iterations=(300, 600), skip_iterations=(1000, 1500),
                     proposals=50, proposal_images=60)
 QUICK = DemoSettings(train_images=200, val_images=20, size=64, classes=6, fcn_iterations=(100, 100, 200),
