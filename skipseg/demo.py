@@ -52,7 +52,7 @@ class DemoSettings:
 
 
 FULL = DemoSettings(train_images=3000, val_images=60, size=64, classes=6, fcn_iterations=(500, 1000, 3500),
-                    deconv_iterations=(300, 600), skip_iterations=(1000, 1500),
+                    deconv_iterations=(300, 600), skip_iterations=(1000, 1000),
                     proposals=50, proposal_images=60)
 QUICK = DemoSettings(train_images=200, val_images=20, size=64, classes=6, fcn_iterations=(100, 100, 200),
                      deconv_iterations=(50, 50), skip_iterations=(50, 50),
