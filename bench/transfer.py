@@ -27,7 +27,7 @@ from skipseg.data.datasets import open_dataset
 from skipseg.data.instances import InstanceCropDataset
 from skipseg.data.palette import IGNORE_INDEX
 from skipseg.data.shapes.objects import CLASS_NAMES, render_object
-from skipseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from skipseg.data.transforms import normalize
 from skipseg.errors import SkipsegError
 from skipseg.models.classifiers import build_pretrain_classifier
 from skipseg.models.deconvnet import deconvnet
@@ -37,9 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _normalised(images: np.ndarray) -> torch.Tensor:
-    """[N, H, W, 3] uint8 → [N, 3, H, W] ImageNet-normalised float."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    return (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    """[N, H, W, 3] uint8 → [N, 3, H, W] ImageNet-normalised float (`transforms.normalize`)."""
+    return normalize(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
 
 
 @torch.no_grad()
