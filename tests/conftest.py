@@ -112,6 +112,20 @@ def shapes_root(tmp_path_factory) -> Path:
     return root
 
 
+_HOLD = ("import sys, time\nfrom skipseg.core.lock import FolderLock\nlock = FolderLock(sys.argv[1]).acquire()\n"
+         "print('held', flush=True)\ntime.sleep(300)\n")
+
+
+def hold(folder: Path):
+    """Another process holding `folder`'s lock, as a training run does, until it is killed."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
 def tiny_train_config(root: Path, *overrides: str):
     """A CPU-tiny FCN config on `root`: width 1/16, 32 px crops, no validation until the end."""
     from skipseg.config import load_config

@@ -2,8 +2,18 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from skipseg.errors import SkipsegError
+
+
+def output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """`path` as the folder a command writes into (created later if missing): a one-line
+    `SkipsegError` when it exists as a file, before anything is read or written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SkipsegError(f"{flag} {path}: exists and is not a folder; give a folder path (a new one is created)")
+    return path
 
 
 def positive_int(text: str) -> int:

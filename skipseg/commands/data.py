@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from skipseg.commands._common import positive_int
+from skipseg.commands._common import output_folder, positive_int
 from skipseg.errors import SkipsegError
 
 
@@ -60,7 +60,7 @@ def run_shapes(args: argparse.Namespace) -> int:
                      max_objects=args.max_objects, clutter=args.clutter)
 
     summary = generate_shapes(
-        args.out,
+        output_folder(args.out, "OUT"),
         train=args.train,
         val=args.val,
         size=args.size,

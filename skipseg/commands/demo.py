@@ -17,8 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from skipseg.commands._common import output_folder
     from skipseg.demo import run_demo
 
-    report = run_demo(Path(args.out), args.run_command, quick=args.quick, seed=args.seed)  # its last step prints the headline table
+    report = run_demo(output_folder(args.out), args.run_command, quick=args.quick, seed=args.seed)  # its last step prints the headline table
     print(f"\nreport: {report}\n        {report.with_suffix('.md')}")
     return 0

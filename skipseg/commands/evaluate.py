@@ -6,7 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from skipseg.commands._common import add_inference_args, parse_crf, parse_indices, parse_scales, positive_int
+from skipseg.commands._common import (add_inference_args, output_folder, parse_crf, parse_indices, parse_scales,
+                                      positive_int)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from skipseg.metrics import format_table
 
     scales = parse_scales(args.scales)
+    out = output_folder(args.out)
     if not args.proposal_extend >= 1.0:
         raise SkipsegError(f"--proposal-extend: must be >= 1, got {args.proposal_extend}")
     if args.min_box < 0:
@@ -81,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     if dataset.num_classes != num_classes:
         raise SkipsegError(f"{root}: has {dataset.num_classes} classes but the model predicts {num_classes}")
 
-    out = Path(args.out)
     options = InferenceOptions(
         flip=args.flip, scales=scales, proposals=args.proposals, aggregate=args.aggregate,
         proposal_extend=args.proposal_extend, min_box=args.min_box, whole_image=args.whole_image,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from skipseg.commands._common import add_inference_args, parse_scales
+from skipseg.commands._common import add_inference_args, output_folder, parse_scales
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -43,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from skipseg.inference.batch_predict import predict_files
     from skipseg.inference.predictor import model_from_checkpoint
 
+    out = output_folder(args.out)
     runtime = make_runtime(args.device, args.precision)
     model, _, _ = model_from_checkpoint(args.run, runtime)
     paths = collect_images(args.inputs)
-    written = predict_files(model, paths, Path(args.out), runtime, batch_size=args.batch_size,
+    written = predict_files(model, paths, out, runtime, batch_size=args.batch_size,
                             flip=args.flip, scales=parse_scales(args.scales), workers=args.workers,
                             progress=not args.no_progress)
     print(f"{written} images → {args.out}")

@@ -25,9 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from skipseg.commands._common import output_folder
     from skipseg.errors import SkipsegError
     from skipseg.report.build import headline_table, write_report
 
+    output_folder(args.out)
     if args.samples < 0:
         raise SkipsegError(f"--samples {args.samples}: expected 0 or more")
     start = time.perf_counter()

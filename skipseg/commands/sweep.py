@@ -48,20 +48,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _report(dirs: list[str], out: str | None, score_maps: bool = True) -> None:
     from skipseg.report.study import collect
 
+    from skipseg.core.lock import locked_by
+    from skipseg.core.rundir import PROBE_RUN, SweepDir
     from skipseg.engine.launch import known_logs
 
     result = collect(dirs, out, score_maps=score_maps)
     print((result["report"] / "table1.md").read_text())
     logs = {name: entry for d in reversed(dirs) for name, entry in known_logs(d).items()}
-    for name in result["missing"]:  # submitted through a launcher: where its task's log is
-        if name in logs:
-            print(f"missing {name}: {logs[name]['launcher']} job {logs[name]['job_id']}, log {logs[name]['stderr']}")
-    print(f"{len(result['found'])} configurations, {len(result['missing'])} missing; "
+    running = 0
+    for name in result["missing"]:
+        # a probe sweep's heads are all in its one run folder
+        holder = next(filter(None, (locked_by(SweepDir(d).run(PROBE_RUN if result["mode"] == "probe" else name).path)
+                                    for d in dirs)), None)
+        job = f"{logs[name]['launcher']} job {logs[name]['job_id']}, log {logs[name]['stderr']}" if name in logs else ""
+        if holder:
+            running += 1
+            print(f"running {name}: {holder}{f'; {job}' if job else ''}")
+        elif job:  # submitted through a launcher: where its task's log is
+            print(f"missing {name}: {job}")
+    missing = len(result["missing"]) - running
+    print(f"{len(result['found'])} configurations, {missing} missing{f', {running} running' if running else ''}; "
           f"training {result['train_seconds']:.1f} s wall, {result['train_cpu_seconds']:.1f} s CPU; "
           f"report → {result['report']}")
 
 
 def run(args: argparse.Namespace) -> int:
+    from skipseg.commands._common import output_folder
+    from skipseg.core.lock import locked_by
     from skipseg.core.rundir import PROBE_RUN, SweepDir
     from skipseg.engine import sweep
     from skipseg.errors import SkipsegError
@@ -75,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise SkipsegError(f"--jobs {args.jobs}: expected 1 or more")
     options = _launch_options(args)
     config = sweep.load_sweep_config(args.config, list(args.overrides))
-    out, progress = Path(args.out), not args.no_progress
+    out, progress = output_folder(args.out), not args.no_progress
     if args.only:
         _, plan = sweep.read_plan(out)
         run = next((r for r in plan if r.name == args.only), None)
@@ -93,8 +106,14 @@ def run(args: argparse.Namespace) -> int:
     todo = sweep.pending(plan, mode, index, count)
     names = [PROBE_RUN] if mode == "probe" and todo else [r.name for r in todo]
     left = [n for n in names if not SweepDir(out).run(n).is_complete]
+    # A run another live process is training (its folder is locked) is left to it, not started twice.
+    running = {n: holder for n in left if (holder := locked_by(SweepDir(out).run(n).path))}
+    left = [n for n in left if n not in running]
     print(f"sweep {out}: {len(plan)} configurations, {mode} mode; this shard {index}/{count}: "
-          f"{len(names)} run(s), {len(names) - len(left)} already complete")
+          f"{len(names)} run(s), {len(names) - len(left) - len(running)} already complete"
+          f"{f', {len(running)} running elsewhere' if running else ''}")
+    for name, holder in running.items():
+        print(f"  running: {name} ({holder}); skipped")
     if options is not None and left:
         from skipseg.engine import launch
 

@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from skipseg.commands._common import output_folder
     from skipseg.config import load_config
     from skipseg.core.rundir import RunDir
     from skipseg.core.runtime import shutdown_distributed
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             overrides.insert(0, args.config)
         elif args.config:
             raise SkipsegError("train --resume RUN takes the config from RUN/config.yaml; drop the config argument")
-        run_dir = Path(args.resume)
+        run_dir = output_folder(args.resume, "--resume")
         if stages.is_staged(run_dir):
             return _run_staged(stages.load_staged_config(RunDir(run_dir).stages_config, overrides), run_dir,
                                True, args)
@@ -45,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.config or not args.out:
             raise SkipsegError("train needs a CONFIG.yaml and --out RUN (or --resume RUN)")
-        run_dir = Path(args.out)
+        run_dir = output_folder(args.out)
         if stages.has_stages(args.config):
             return _run_staged(stages.load_staged_config(args.config, overrides), run_dir, False, args)
         config = load_config(args.config, overrides, check=check_model_config)
-    trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     try:
-        result = trainer.run()
+        with Trainer(config, run_dir, resume=bool(args.resume), progress=not args.no_progress) as trainer:
+            result = trainer.run()
     finally:
         shutdown_distributed()
     if trainer.runtime.is_main:

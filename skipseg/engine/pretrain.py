@@ -140,16 +140,18 @@ def pretrain(arch: str, out: str | Path, *, width: float = 1.0, size: int = 64, 
     out = Path(out)
     if out.suffix != ".pt":
         raise SkipsegError(f"--out {out}: the weights file must end in .pt (its card is written beside it as .json)")
+    if out.is_dir():
+        raise SkipsegError(f"--out {out}: is a folder; give the weights file to write (FILE.pt)")
     overrides = list(overrides)
     config = load_pretrain_config(arch, width, size, iterations, seed, images, overrides)
     run_dir = Path(run_dir) if run_dir else out.with_suffix(".run")
     start = time.perf_counter()
-    trainer = ClassifierTrainer(config, run_dir, resume=resume, progress=progress)
-    result = trainer.run()
-    if result["stopped"]:
-        raise SkipsegError(f"pretraining stopped at iteration {result['step']}; continue it with the same command "
-                           f"and --resume (run folder {run_dir})")
-    scores = trainer.last_scores or trainer.validate()  # the loop validates at its last step
+    with ClassifierTrainer(config, run_dir, resume=resume, progress=progress) as trainer:
+        result = trainer.run()
+        if result["stopped"]:
+            raise SkipsegError(f"pretraining stopped at iteration {result['step']}; continue it with the same "
+                               f"command and --resume (run folder {run_dir})")
+        scores = trainer.last_scores or trainer.validate()  # the loop validates at its last step
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in trainer.model.state_dict().items()}
     save_checkpoint(out, state)  # atomic: an interrupted write never leaves a half file
     card = {

@@ -19,6 +19,7 @@ command line wins over the file); `stages.NAME.key=value` sets it in stage NAME 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -30,6 +31,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from skipseg.config import Config, apply_overrides, config_from_dict, config_to_dict, file_holds, read_yaml
+from skipseg.core.lock import FolderLock
 from skipseg.core.rundir import RunDir
 from skipseg.core.runtime import barrier, init_distributed
 from skipseg.engine.trainer import StepCallback, Trainer
@@ -162,6 +164,13 @@ def run_stages(config: StagedConfig, out: str | Path, *, resume: bool = False, p
     one. Returns `{"stopped", "stages": [{name, step, best_miou, samples, resumed, skipped}], "final"}`."""
     out = Path(out)
     rank, _ = init_distributed(config.train.device)
+    # RUN has one writer, as each stage's folder has (its trainer locks RUN/<name>): `core/lock.py`.
+    with FolderLock(out, "staged run folder") if rank == 0 else contextlib.nullcontext():
+        return _train_stages(config, out, rank, resume, progress, callbacks, announce)
+
+
+def _train_stages(config: StagedConfig, out: Path, rank: int, resume: bool, progress: bool,
+                  callbacks: tuple[StepCallback, ...], announce: Callable[[str], None] | None) -> dict:
     marker = prepare(config, out, resume, write=rank == 0)
     barrier()  # the marker is written before any rank reads a stage
     say = announce if announce is not None and rank == 0 else (lambda text: None)
@@ -174,12 +183,12 @@ def run_stages(config: StagedConfig, out: str | Path, *, resume: bool = False, p
             continue
         stage_dir = RunDir(out).stage(name)
         resumed = stage_dir.last.is_file()
-        trainer = Trainer(stage_config, stage_dir.path, resume=resumed, progress=progress, callbacks=callbacks)
-        data = stage_config.data
-        say(f"[{position}/{len(plan)}] {name}: {len(trainer.train_set)} training samples ({data.sampling}"
-            f"{', balanced' if data.balance else ''}), {trainer.total_steps} iterations"
-            f"{f', resumed at {trainer.step}' if resumed else ''} → {stage_dir}")
-        result = trainer.run()
+        with Trainer(stage_config, stage_dir.path, resume=resumed, progress=progress, callbacks=callbacks) as trainer:
+            data = stage_config.data
+            say(f"[{position}/{len(plan)}] {name}: {len(trainer.train_set)} training samples ({data.sampling}"
+                f"{', balanced' if data.balance else ''}), {trainer.total_steps} iterations"
+                f"{f', resumed at {trainer.step}' if resumed else ''} → {stage_dir}")
+            result = trainer.run()
         barrier()  # rank 0 has saved last.pt, which the next stage starts from
         results.append({"name": name, "step": result["step"], "best_miou": result["best_miou"],
                         "samples": len(trainer.train_set), "resumed": resumed, "skipped": False})

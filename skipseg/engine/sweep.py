@@ -201,17 +201,18 @@ def run_separate(config: SweepConfig, run: PlannedRun, out: str | Path, progress
     if run_dir.is_complete:
         return json.loads(run_dir.scores.read_text())
     resume = run_dir.last.is_file()
-    trainer = _SweepTrainer(run_config(config, run), run_dir.path, resume=resume, progress=progress)
-    result, seconds = _train(trainer)
-    if result is None:
-        return None
-    scores = trainer.final_scores
-    if scores is None or config.train.max_val_images is not None:  # the last validation saw a subset
-        scores = evaluate_model(trainer.model, trainer.val_set, trainer.runtime, batch_size=config.train.batch_size,
-                                workers=config.data.workers, class_names=trainer.val_set.class_names, progress=progress)
-    metrics = {**scores, **dataclasses.asdict(run), "iterations": trainer.step, **seconds, "resumed": resume}
-    if trainer.runtime.is_main:
-        _write_atomic(run_dir.scores, json.dumps(metrics, indent=2) + "\n")
+    with _SweepTrainer(run_config(config, run), run_dir.path, resume=resume, progress=progress) as trainer:
+        result, seconds = _train(trainer)
+        if result is None:
+            return None
+        scores = trainer.final_scores
+        if scores is None or config.train.max_val_images is not None:  # the last validation saw a subset
+            scores = evaluate_model(trainer.model, trainer.val_set, trainer.runtime, batch_size=config.train.batch_size,
+                                    workers=config.data.workers, class_names=trainer.val_set.class_names,
+                                    progress=progress)
+        metrics = {**scores, **dataclasses.asdict(run), "iterations": trainer.step, **seconds, "resumed": resume}
+        if trainer.runtime.is_main:
+            _write_atomic(run_dir.scores, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -223,19 +224,19 @@ def run_probe(config: SweepConfig, plan: list[PlannedRun], out: str | Path, prog
     heads = [HeadSpec(r.name, r.tap, r.kernel) for r in plan]
     resume = run_dir.last.is_file()
     base = Config(model=config.model, data=config.data, train=config.train)
-    trainer = ProbeTrainer(base, run_dir.path, heads, resume=resume, progress=progress)
-    result, seconds = _train(trainer)
-    if result is None:
-        return None
-    scores = trainer.last_scores
-    if scores is None or config.train.max_val_images is not None:
-        scores = evaluate_heads(trainer.model, trainer.val_set, trainer.runtime, batch_size=config.train.batch_size,
-                                workers=config.data.workers, progress=progress)
-    runs = {r.name: dataclasses.asdict(r) for r in plan}
-    metrics = {"heads": {name: {**s, **runs[name]} for name, s in scores.items()}, "iterations": trainer.step,
-               **seconds, "resumed": resume}
-    if trainer.runtime.is_main:
-        _write_atomic(run_dir.scores, json.dumps(metrics, indent=2) + "\n")
+    with ProbeTrainer(base, run_dir.path, heads, resume=resume, progress=progress) as trainer:
+        result, seconds = _train(trainer)
+        if result is None:
+            return None
+        scores = trainer.last_scores
+        if scores is None or config.train.max_val_images is not None:
+            scores = evaluate_heads(trainer.model, trainer.val_set, trainer.runtime,
+                                    batch_size=config.train.batch_size, workers=config.data.workers, progress=progress)
+        runs = {r.name: dataclasses.asdict(r) for r in plan}
+        metrics = {"heads": {name: {**s, **runs[name]} for name, s in scores.items()}, "iterations": trainer.step,
+                   **seconds, "resumed": resume}
+        if trainer.runtime.is_main:
+            _write_atomic(run_dir.scores, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

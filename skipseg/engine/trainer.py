@@ -28,6 +28,7 @@ from skipseg.data.augmentation import train_transforms
 from skipseg.data.transforms import eval_transforms
 from skipseg.data.datasets import open_dataset
 from skipseg.core.checkpoint import load_checkpoint, save_checkpoint
+from skipseg.core.lock import FolderLock
 from skipseg.core.rundir import RunDir
 from skipseg.engine.evaluator import evaluate_model, grid_targets
 from skipseg.core.loading import guarded_batches
@@ -56,6 +57,16 @@ class Trainer:
         self.stop_requested = False
         cfg = config.train
         self.runtime: Runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
+        # One writer per run folder, from before anything is read or written there until `close()`.
+        self.lock = FolderLock(self.run_dir).acquire() if self.runtime.is_main else None
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, resume: bool) -> None:
+        config, cfg = self.config, self.config.train
         last = self.folder.last
         if not resume and last.exists():
             raise SkipsegError(f"{self.run_dir}: already holds a run; resume it with --resume {self.run_dir} "
@@ -85,6 +96,17 @@ class Trainer:
         if self.runtime.is_main:
             save_run_config(self.run_dir, config)
         self.logbook = Logbook(self.run_dir, resume_step=self.step if resume else None) if self.runtime.is_main else None
+
+    def close(self) -> None:
+        """Give back the run folder's lock (the end of the process gives it back too)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def folder(self) -> RunDir:

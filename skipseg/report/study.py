@@ -17,7 +17,7 @@ from skipseg.report.tables import write_tables
 
 def collect(dirs: Sequence[str | Path], out: str | Path | None = None, score_maps: bool = True) -> dict:
     """Merge the finished runs of `dirs` (sweep folders of the same sweep) into `out` (default the
-    first folder's `report/`). Returns `{"report", "tables", "score_maps", "found", "missing"}`."""
+    first folder's `report/`). Returns `{"report", "tables", "score_maps", "mode", "found", "missing"}`."""
     dirs = [Path(d) for d in dirs]
     config, plan = read_plan(dirs[0])
     for other in dirs[1:]:
@@ -40,7 +40,7 @@ def collect(dirs: Sequence[str | Path], out: str | Path | None = None, score_map
     maps = sweep_score_maps(config, found, dirs, mode, report / "score_maps") if score_maps and found else []
     summary = {"found": [r["name"] for r in found], "missing": missing, **_train_seconds(dirs, plan, mode)}
     (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return {"report": report, "tables": tables, "score_maps": maps, **summary}
+    return {"report": report, "tables": tables, "score_maps": maps, "mode": mode, **summary}
 
 
 def _train_seconds(dirs: Sequence[Path], plan, mode: str) -> dict[str, float]:

@@ -160,3 +160,28 @@ def test_failures_say_why(tmp_path):
             "and not checkpointable."), "c": job("has not produced any output")}
     assert launch._failures(tmp_path, jobs) == ["a (exit code 1, log L)", "b (stopped at its time limit, log L)",
                                                  "c (no result, log L)"]
+
+
+def test_a_run_still_training_elsewhere_is_not_submitted_again(tmp_path, shapes_root, capsys, monkeypatch):
+    import signal
+
+    from conftest import hold  # another process holding a run folder's lock, as a training does
+
+    monkeypatch.setenv("PATH", f"{_fake_slurm(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}")
+    config, out = tiny_sweep(tmp_path, shapes_root), tmp_path / "out"
+    holder = hold(out / "runs" / "tap2_k3")
+    try:
+        assert main(["sweep", str(config), "--out", str(out), "--launcher", "slurm"]) == 0
+        printed = capsys.readouterr().out
+        assert "2 run(s), 0 already complete, 1 running elsewhere" in printed
+        assert f"running: tap2_k3 (PID {holder.pid} on " in printed and "submitted SLURM job array 4242: 1 task" in printed
+        assert list(json.loads((out / "launcher" / "jobs.json").read_text())) == ["noskip"]
+        assert main(["sweep", "--collect", str(out), "--no-score-maps"]) == 0
+        printed = capsys.readouterr().out
+        assert f"running tap2_k3: PID {holder.pid} on " in printed and "0 configurations, 1 missing, 1 running" in printed
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main(["sweep", str(config), "--out", str(out), "--launcher", "slurm"]) == 0  # it died: submitted now
+    printed = capsys.readouterr().out
+    assert "running" not in printed and "submitted SLURM job array 4242: 2 task(s)" in printed
