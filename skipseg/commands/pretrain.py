@@ -9,8 +9,8 @@ from skipseg.commands._common import positive_int
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pretrain", help="pretrain a backbone's classifier on generated object images (the embedded ImageNet)",
-        description="Train a torchvision-layout classifier (vgg16, vgg16_bn at any --width, or any torchvision "
-                    "classifier such as inception_v3) to name the one object in generated images of all 20 "
+        description="Train a torchvision-layout classifier (vgg16, vgg16_bn or inception_v3 at a --width, or any "
+                    "other torchvision classifier) to name the one object in generated images of all 20 "
                     "shape families; write FILE (a torchvision state_dict, fp16) and FILE.json (its card: "
                     "top-1 on a held-out split, the exact command, sha256). Models load it with "
                     "weights=FILE, or pretrained=shapes for the files that ship with skipseg.")
@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides, e.g. train.lr=0.02 train.batch_size=64 pretrain.val_images=4000")
     parser.add_argument("--out", required=True, help="the weights file to write (.pt; the card goes beside it)")
-    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (VGGs only; default 1.0)")
+    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (vgg16, vgg16_bn, inception_v3 (a multiple of "
+                        "1/16); default 1.0)")
     parser.add_argument("--size", type=positive_int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--iterations", type=positive_int, default=8000, help="training steps (default 8000)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the images and the initial weights")

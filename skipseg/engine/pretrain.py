@@ -33,6 +33,7 @@ from skipseg.models.classifiers import build_pretrain_classifier, pretrain_archs
 from skipseg.models.options import checked_options, option_hints
 from skipseg.models.pretrained import card_path, sha256
 from skipseg.models.registry import COMMON_OPTIONS
+from skipseg.models.taps import module_shapes
 
 
 @dataclass
@@ -144,6 +145,7 @@ def pretrain(arch: str, out: str | Path, *, width: float = 1.0, size: int = 64, 
         raise SkipsegError(f"--out {out}: is a folder; give the weights file to write (FILE.pt)")
     overrides = list(overrides)
     config = load_pretrain_config(arch, width, size, iterations, seed, images, overrides)
+    module_shapes(arch, (size, size), config.model.width)  # a one-line error for images too small for its layers
     run_dir = Path(run_dir) if run_dir else out.with_suffix(".run")
     start = time.perf_counter()
     with ClassifierTrainer(config, run_dir, resume=resume, progress=progress) as trainer:

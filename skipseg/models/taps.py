@@ -26,16 +26,18 @@ from torch import Tensor, nn
 
 from skipseg.errors import SkipsegError
 from skipseg.models.backbones import Backbone, TapInfo, vgg16_classifier
+from skipseg.models.inception import inception_v3_classifier
 
-# Constructor arguments: no auxiliary classifiers (they are not part of the trunk); Inception-v3 and
-# GoogLeNet built without their slow truncated-normal init (see `build_classifier`), and with the
-# input transform their ImageNet weights expect (normalised RGB → their [-1, 1] scaling).
+# Constructor arguments: no auxiliary classifiers (they are not part of the trunk); GoogLeNet built
+# without its slow truncated-normal init (see `build_classifier`), and with the input transform its
+# ImageNet weights expect (normalised RGB → its [-1, 1] scaling). Inception-v3: `inception.py`.
 CLASSIFIER_KWARGS: dict[str, dict] = {
-    "inception_v3": {"aux_logits": False, "init_weights": False, "transform_input": True},
     "googlenet": {"aux_logits": False, "init_weights": False, "transform_input": True},
 }
-# The classifiers that have a width multiplier (name -> batch norm), as skipseg's VGG16 backbones do.
+# The VGGs have a width multiplier (name -> batch norm), as skipseg's VGG16 backbones do.
 SCALABLE = {"vgg16": False, "vgg16_bn": True}
+# Every classifier with a width multiplier: the VGGs and Inception-v3.
+NARROWABLE = (*SCALABLE, "inception_v3")
 PROBE_SIZES = (224, 352)
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
@@ -63,7 +65,8 @@ def classifier_names() -> list[str]:
 
 def build_classifier(name: str, width: float = 1.0) -> nn.Module:
     """torchvision classifier `name`, randomly initialised (weights are loaded by the caller);
-    `vgg16`/`vgg16_bn` at any `width` (every channel count scaled), the others at width 1.0.
+    `vgg16`/`vgg16_bn` and `inception_v3` at any `width` (every channel count scaled), the others
+    at width 1.0.
 
     Inception-v3/GoogLeNet get He (fan-out) init instead of their own truncated normal, which costs
     seconds on a CPU for a network that is usually loaded from ImageNet weights anyway.
@@ -73,9 +76,11 @@ def build_classifier(name: str, width: float = 1.0) -> nn.Module:
     if name not in classifier_names():
         raise SkipsegError(f"model.backbone: unknown torchvision classifier {name!r}; valid: "
                            f"{', '.join(classifier_names())}")
+    if name == "inception_v3":
+        return inception_v3_classifier(width)
     if width != 1.0:
         if name not in SCALABLE:
-            raise SkipsegError(f"model.width: {width:g}: only {', '.join(SCALABLE)} can be narrowed, {name} needs "
+            raise SkipsegError(f"model.width: {width:g}: only {', '.join(NARROWABLE)} can be narrowed, {name} needs "
                                "width 1.0 (for a small network pick a small backbone, e.g. mobilenet_v3_small)")
         return vgg16_classifier(SCALABLE[name], width)
     model = torchvision.models.get_model(name, weights=None, **CLASSIFIER_KWARGS.get(name, {}))

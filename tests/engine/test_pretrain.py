@@ -156,10 +156,14 @@ def test_pretraining_resumes_exactly(tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["pretrain", "resnet9000", "--out", str(tmp_path / "x.pt")]) == 2
-    assert main(["pretrain", "inception_v3", "--width", "0.5", "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["pretrain", "resnet18", "--width", "0.5", "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["pretrain", "inception_v3", "--width", "0.3", "--size", "96", "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["pretrain", "inception_v3", "--width", "0.25", "--size", "64", "--out", str(tmp_path / "x.pt")]) == 2
     assert main(["pretrain", "vgg16", "--out", str(tmp_path / "x.bin")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 3 and "resnet9000" in lines[0] and "width 1.0" in lines[1] and ".pt" in lines[2]
+    assert len(lines) == 5 and "resnet9000" in lines[0] and "width 1.0" in lines[1] and ".pt" in lines[4]
+    assert "multiple of 1/16" in lines[2] and "input size 64x64: too small for this backbone" in lines[3]
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_warm_up_ramps_the_learning_rate_linearly():

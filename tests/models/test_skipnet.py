@@ -132,7 +132,7 @@ def test_taps_are_configuration():
 
 
 def test_option_errors():
-    with pytest.raises(SkipsegError, match="only vgg16, vgg16_bn can be narrowed, resnet18 needs width 1.0"):
+    with pytest.raises(SkipsegError, match="only vgg16, vgg16_bn, inception_v3 can be narrowed, resnet18 needs width 1.0"):
         build_model("skipnet", width=0.5, **SMALL)
     with pytest.raises(SkipsegError, match="odd integer"):
         build_model("skipnet", kernel=4, **SMALL)
