@@ -34,12 +34,46 @@ def _show_logs() -> None:
         logger.setLevel(logging.INFO)
 
 
+def version_text() -> str:
+    """`skipseg 0.1.0 (torch 2.14.1, torchvision 0.29.1; cpu: 2 threads, fp32)`: the package's version
+    from its installed metadata, the torch it runs on and the device and precision `auto` picks."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+    import torchvision
+
+    from skipseg import __version__
+    from skipseg.core.runtime import resolve_device, resolve_precision
+
+    try:
+        own = version("skipseg")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        own = __version__
+    device = resolve_device("auto")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    precision = resolve_precision("auto", device)
+    return (f"skipseg {own} (torch {torch.__version__}, torchvision {torchvision.__version__}; {device.type}: {where}, "
+            f"{str(precision).replace('torch.', '') + ' autocast' if precision else 'fp32'})")
+
+
+class _Version(argparse.Action):
+    """`--version`: prints `version_text()` (torch is imported only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version, torch's and the device, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skipseg",
         description="Train, evaluate, compare and explain semantic segmentation networks.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action=_Version)
     # A command that runs other command lines (the demo) gets this entry point, not an import of it.
     parser.set_defaults(run_command=main)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

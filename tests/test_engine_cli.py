@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -212,3 +213,17 @@ def test_predict_gives_the_labels_evaluate_saved(tmp_path, trained_run, shapes_r
         assert np.array_equal(saved, predicted), image_id
         varied |= len(np.unique(saved)) > 1
     assert varied  # not a trivially constant map on every image
+
+
+def test_version_names_the_package_torch_and_the_device(capsys):
+    from importlib.metadata import version
+
+    import torchvision
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"skipseg {version('skipseg')} (torch {torch.__version__}, "
+                           f"torchvision {torchvision.__version__}; cpu: {torch.get_num_threads()} threads, ")
+    assert line.endswith(("fp32)", "bfloat16 autocast)"))
