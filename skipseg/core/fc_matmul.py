@@ -33,9 +33,22 @@ class FCConv2d(nn.Conv2d):
         size = _matmul_output_size(self, x, transposed=False)
         if size is None:
             return super().forward(x)
-        cols = F.unfold(x, self.kernel_size, padding=self.padding)  # [N, C*kh*kw, oh*ow]
-        out = torch.matmul(self.weight.flatten(1), cols)  # [N, O, oh*ow]
+        weight, padding = live_taps(self.weight, self.padding, x.shape[-2:])
+        cols = F.unfold(x, weight.shape[-2:], padding=padding)  # [N, C*kh'*kw', oh*ow]
+        out = torch.matmul(weight.reshape(self.out_channels, -1), cols)  # [N, O, oh*ow]
         return _finish(self, out.view(len(x), self.out_channels, *size), x)  # [N, O, oh, ow]
+
+
+def live_taps(weight: Tensor, padding: tuple[int, int], size: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+    """`weight` `[O, C, kh, kw]` cut to the taps that reach the `size` input, and the padding that
+    keeps the output's size and cells: a kernel wider than the map it slides over (FCN's 7×7 fc6 with
+    'same' padding on the 2×2 pool5 of a 64-px image) multiplies only zero padding with its outer
+    taps, so dropping them (c = k - p - h per side) changes no output and no gradient but skips work."""
+    (kh, kw), (ph, pw), (h, w) = weight.shape[-2:], padding, size
+    ch, cw = max(0, kh - ph - h), max(0, kw - pw - w)
+    if ch or cw:
+        weight = weight[:, :, ch:kh - ch, cw:kw - cw]
+    return weight, (ph - ch, pw - cw)
 
 
 class FCConvTranspose2d(nn.ConvTranspose2d):

@@ -38,12 +38,23 @@ def _compare(fast, plain, shape, channels_last=False):
 
 @pytest.mark.parametrize("kernel,padding,shape", [
     (7, 3, (2, 6, 8, 9)),     # FCN's fc6: 'same' padding on a map barely larger than the kernel
+    (7, 3, (8, 6, 2, 2)),     # FCN's fc6 at 64 px: a 2x2 map, only the central 3x3 taps reach it
+    (7, 3, (2, 6, 1, 3)),     # a 1x3 map: 1x5 live taps
+    (6, 3, (2, 6, 2, 5)),     # an even kernel: the cut is the same on both sides
     (7, 0, (3, 6, 7, 7)),     # DeconvNet's fc6: one output position
     (5, 2, (1, 6, 45, 61)),   # too many positions: the ordinary convolution runs
 ])
 def test_fc_conv_matches_conv2d(kernel, padding, shape):
     fast, plain = _twins(FCConv2d, nn.Conv2d, 6, 5, kernel, padding)
     _compare(fast, plain, shape)
+
+
+def test_live_taps_cut_what_only_padding_reaches():
+    weight = torch.randn(5, 6, 7, 7)
+    cut, padding = fc_matmul.live_taps(weight, (3, 3), (2, 2))
+    assert padding == (1, 1) and torch.equal(cut, weight[:, :, 2:5, 2:5])
+    same, padding = fc_matmul.live_taps(weight, (3, 3), (4, 8))  # every tap reaches the map
+    assert padding == (3, 3) and same is weight
 
 
 @pytest.mark.parametrize("kernel,padding,shape", [
