@@ -24,16 +24,19 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import make_layers
 
 from skipseg.errors import SkipsegError
 from skipseg.models.backbones import VGG16_CFG, StagedBackbone, scaled
 from skipseg.models.init import initialize
+from skipseg.models.options import Multiplier, OneOf
 from skipseg.models.registry import register_model
 from skipseg.models.unpool import SwitchPool, Unpool
 
 INPUT_SIZE = 224  # the paper's; fc6's kernel is INPUT_SIZE / 32 = 7
+DecoderInit = Annotated[str, OneOf(("gaussian", "mirror"))]
 
 # The decoder of Table 2: (unpool, switches of, [(deconv, in channels, out channels), ...]).
 DECODER = (
@@ -115,16 +118,26 @@ def _deconv(cin: int, cout: int, kernel: int, padding: int) -> nn.Sequential:
 
 class DeconvNetDecoder(nn.Module):
     """The decoder of Table 2: deconv-fc6, then each unpooling (from its pool's switches) and its
-    deconvolutions, then the 1×1 scoring conv; `forward(taps) -> [N, num_classes, S, S]`."""
+    deconvolutions, then the 1×1 scoring conv; `forward(taps) -> [N, num_classes, S, S]`.
 
-    def __init__(self, num_classes: int, width: float, kernel: int) -> None:
+    `decoder_width` scales the decoder's own channels (default: `width`, the encoder's). An unpooling
+    places its pool's channels, so the deconvolution that feeds one keeps the pool's channel count and
+    the one after it reads that count; every other deconvolution, deconv1-1 and deconv1-2 before the
+    scoring conv included, has Table 2's width times `decoder_width`."""
+
+    def __init__(self, num_classes: int, width: float, kernel: int, decoder_width: float | None = None) -> None:
         super().__init__()
+        own = width if decoder_width is None else decoder_width
         self.deconv_fc6 = _deconv(scaled(4096, width), scaled(512, width), kernel, 0)  # mirrors fc6
+        feeds_unpool = {deconvs[-1][0] for _, _, deconvs in DECODER[:-1]}
+        channels = scaled(512, width)
         for unpool, _, deconvs in DECODER:
             setattr(self, unpool, Unpool(2))
-            for name, cin, cout in deconvs:
-                setattr(self, name, _deconv(scaled(cin, width), scaled(cout, width), 3, 1))
-        self.score = nn.Conv2d(scaled(64, width), num_classes, 1)
+            for name, _, cout in deconvs:
+                out = scaled(cout, width if name in feeds_unpool else own)
+                setattr(self, name, _deconv(channels, out, 3, 1))
+                channels = out
+        self.score = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, taps: dict[str, Tensor]) -> Tensor:
         y = self.deconv_fc6(taps["fc7"])  # [N, 512w, S/32, S/32] (7×7 at S = 224)
@@ -143,12 +156,13 @@ class DeconvNet(nn.Module):
     # small CPU maps (`core.fc_matmul`).
     fully_connected = ("backbone.fc6", "decoder.deconv_fc6.0")
 
-    def __init__(self, num_classes: int = 21, width: float = 1.0, input_size: int = INPUT_SIZE) -> None:
+    def __init__(self, num_classes: int = 21, width: float = 1.0, input_size: int = INPUT_SIZE,
+                 decoder_width: float | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.input_size = (input_size, input_size)  # what the predictor resizes images and crops to
         self.backbone = DeconvNetBackbone(width, input_size)
-        self.decoder = DeconvNetDecoder(num_classes, width, input_size // 32)
+        self.decoder = DeconvNetDecoder(num_classes, width, input_size // 32, decoder_width)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -166,6 +180,23 @@ class DeconvNet(nn.Module):
         # and at width 1/8 (8 input channels) Adam, moving each weight by about the lr per step,
         # then needs hundreds of steps just to scale them up.
         nn.init.normal_(self.decoder.score.weight, std=self.decoder.score.in_channels ** -0.5)
+
+    def mirrored_layers(self) -> list[tuple[nn.ConvTranspose2d, nn.Conv2d]]:
+        """(deconvolution, the encoder layer it mirrors) for every decoder layer whose weight has its
+        mirror's shape: deconv-fc6 ↔ fc6, deconv5-1 ↔ conv5-3, …, deconv1-1 ↔ conv1-2 (deconv1-2
+        mirrors conv1-1, whose 3 input channels it does not output)."""
+        convs = [layer for name, layer in self.layers() if name.startswith("conv")]
+        deconvs = [layer for name, layer in self.layers() if name.startswith("deconv") and name != "deconv-fc6"]
+        pairs = [(self.decoder.deconv_fc6[0], self.backbone.fc6), *zip(deconvs, reversed(convs))]
+        return [(d, c) for d, c in pairs if d.weight.shape == c.weight.shape]
+
+    def mirror_decoder(self) -> None:
+        """Start each deconvolution as the transpose of its mirrored encoder layer (Zeiler & Fergus's
+        deconvnet: a conv's weight read by a transposed conv is its adjoint), so the decoder begins by
+        projecting fc7's code back to the input through the encoder's own filters and switches."""
+        with torch.no_grad():
+            for deconv, conv in self.mirrored_layers():
+                deconv.weight.copy_(conv.weight)
 
     def check_input(self, x: Tensor) -> None:
         h, w = (int(s) for s in x.shape[-2:])
@@ -208,13 +239,19 @@ class DeconvNet(nn.Module):
 
 @register_model("deconvnet", "DeconvNet (Noh et al. 2015): VGG16-BN encoder, unpooling/deconvolution decoder, 224x224")
 def deconvnet(num_classes: int = 21, width: float = 1.0, pretrained: str | None = None, weights: str | None = None,
-              init_from: str | None = None, input_size: Annotated[int, check_input_size] = INPUT_SIZE) -> DeconvNet:
+              init_from: str | None = None, input_size: Annotated[int, check_input_size] = INPUT_SIZE,
+              decoder_width: Multiplier | None = None, decoder_init: DecoderInit = "gaussian") -> DeconvNet:
     """`pretrained: imagenet` (the paper: VGG16's convolutions and fc6/fc7, every batch norm starting
     as the identity), `imagenet_bn` (torchvision's VGG16-BN, its batch norms too), `shapes` (the
     shipped VGG16-BN) or `weights: FILE` (a vgg16_bn-format file); the decoder and the fc batch norms
     keep their initial values either way; `init_from`: a
     trained model. `input_size`: the square input, a multiple of 32 (fc6 is input_size/32 wide; below
-    224 the classifier's 7x7 average pooling is folded into fc6, see `init.fc_to_conv`)."""
-    model = DeconvNet(num_classes, width, input_size)  # input_size checked by its annotation (and DeconvNet)
+    224 the classifier's 7x7 average pooling is folded into fc6, see `init.fc_to_conv`).
+    `decoder_width`: the decoder's own channel multiplier (default: `width`; see `DeconvNetDecoder`).
+    `decoder_init`: gaussian (zero-mean Gaussians, as the paper), or mirror (each deconvolution starts as
+    the transpose of its mirrored encoder layer once the encoder is initialised; `mirror_decoder`)."""
+    model = DeconvNet(num_classes, width, input_size, decoder_width)  # input_size checked by its annotation (and DeconvNet)
     initialize(model, width=width, pretrained=pretrained, weights=weights, init_from=init_from)
+    if decoder_init == "mirror" and init_from is None:  # from a trained model, its decoder is kept
+        model.mirror_decoder()
     return model

@@ -31,6 +31,7 @@ class OneOf:
 Dropout = Annotated[float, Range(ge=0, lt=1)]  # a probability; 1 would zero fc6/fc7 entirely
 OddSize = Annotated[int, Range(ge=1, odd=True)]  # odd: "same" padding keeps the tap's grid
 Count = Annotated[int, Range(ge=1)]  # channels, cells, pixels
+Multiplier = Annotated[float, Range(gt=0)]  # a channel width
 
 
 def option_hints(builder: Callable) -> dict[str, Any]:

@@ -296,3 +296,41 @@ def test_initial_logits_are_not_collapsed_to_zero(width) -> None:
     with torch.no_grad():
         spread = float(model(torch.randn(4, 3, 64, 64)).std(dim=1).mean())  # over classes, per pixel
     assert 0.1 < spread < 3.0
+
+
+def test_decoder_width_widens_the_decoder_but_what_feeds_an_unpooling() -> None:
+    model = build_model("deconvnet", num_classes=5, width=1 / 8, input_size=64, decoder_width=1 / 2)
+    layers = {name: layer for name, layer in model.layers()}
+    widths = {name: layers[name].out_channels for name in ("deconv5-1", "deconv5-3", "deconv4-2", "deconv4-3",
+                                                           "deconv2-1", "deconv2-2", "deconv1-1", "deconv1-2")}
+    # deconv5-3 .. deconv2-2 feed unpool4 .. unpool1: their pools' channels at width 1/8 (64, 32, 16, 8)
+    assert widths == {"deconv5-1": 256, "deconv5-3": 64, "deconv4-2": 256, "deconv4-3": 32,
+                      "deconv2-1": 64, "deconv2-2": 8, "deconv1-1": 32, "deconv1-2": 32}
+    assert layers["deconv-fc6"].out_channels == 64 and layers["output"].in_channels == 32
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5, 64, 64)
+    same = build_model("deconvnet", num_classes=5, width=1 / 8, input_size=64, decoder_width=1 / 8)
+    plain = build_model("deconvnet", num_classes=5, width=1 / 8, input_size=64)
+    assert {k: v.shape for k, v in same.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    with pytest.raises(SkipsegError, match="decoder_width"):
+        build_model("deconvnet", decoder_width=0)
+
+
+def test_mirror_init_starts_each_deconvolution_as_its_encoder_layers_transpose(tmp_path) -> None:
+    torch.manual_seed(0)
+    classifier = vgg16_classifier(batch_norm=True, width=TINY, num_classes=20)
+    torch.save(classifier.state_dict(), tmp_path / "vgg.pt")
+    model = build_model("deconvnet", num_classes=3, width=TINY, input_size=64, weights=str(tmp_path / "vgg.pt"),
+                        decoder_init="mirror")
+    layers = {name: layer for name, layer in model.layers()}
+    pairs = {(d, c) for d, c in model.mirrored_layers()}
+    expected = [("deconv-fc6", "fc6"), ("deconv5-1", "conv5-3"), ("deconv4-3", "conv4-1"), ("deconv1-1", "conv1-2")]
+    for deconv, conv in expected:
+        assert (layers[deconv], layers[conv]) in pairs
+        assert torch.equal(layers[deconv].weight, layers[conv].weight)
+    assert len(pairs) == 13  # every deconvolution but deconv1-2 (conv1-1 has 3 inputs)
+    # the transposed conv computes the adjoint of its mirror: <conv(x), y> = <x, deconv(y)> (biases aside)
+    conv, deconv = layers["conv4-1"], layers["deconv4-3"]
+    x, y = torch.randn(1, conv.in_channels, 8, 8), torch.randn(1, conv.out_channels, 8, 8)
+    lhs = (F.conv2d(x, conv.weight, padding=1) * y).sum()
+    rhs = (x * F.conv_transpose2d(y, deconv.weight, padding=1)).sum()
+    torch.testing.assert_close(lhs, rhs, rtol=1e-4, atol=1e-4)

@@ -63,7 +63,7 @@ def test_model_config_names_exactly_the_common_options():
                                               "deconvnet, skipnet"),
     ("deconvnet_shapes.yaml", "model.grid=3", "overrides: unknown key 'model.grid'; valid keys in model "
                                               "(deconvnet): name, num_classes, width, pretrained, weights, "
-                                              "init_from, input_size"),
+                                              "init_from, input_size, decoder_width, decoder_init"),
     ("skip_inception_shapes.yaml", "model.cell_label=mode",
      "key 'model.cell_label' must be one of majority, centre, got 'mode'"),
     ("skip_inception_shapes.yaml", "model.kernel=4", "key 'model.kernel' must be an odd integer >= 1, got 4"),
