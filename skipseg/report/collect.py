@@ -42,11 +42,13 @@ class System:
 
 @dataclass
 class TrainingRun:
-    """A run's training log (metrics.csv rows, see `engine.logbook.read_metrics`)."""
+    """A run's training log (metrics.csv rows, see `engine.logbook.read_metrics`). `loss_scale`
+    brings its logged loss to one model's: a probe logs the sum over its heads (1 / heads)."""
 
     name: str
     folder: Path
     rows: list[dict]
+    loss_scale: float = 1.0
 
 
 @dataclass
@@ -227,7 +229,9 @@ def sweep_best(dirs: Sequence[Path]) -> tuple[System | None, TrainingRun | None]
                     head=best["name"] if mode == "probe" else None, prefer="last")
     log = None
     if run.log.is_file():
-        log = TrainingRun(label + (" (probe: best head)" if mode == "probe" else ""), run.path, _log(run.path))
+        heads = len(plan) if mode == "probe" else 1  # a probe logs the sum of its heads' losses
+        suffix = f" (probe: loss per head, mean of {heads}; validation: best head)" if mode == "probe" else ""
+        log = TrainingRun(label + suffix, run.path, _log(run.path), 1 / heads)
     return system, log
 
 

@@ -1,7 +1,8 @@
 """The report's plots (matplotlib, Agg backend), each returned as PNG bytes to embed.
 
-Training curves: the logged training loss and the validation mIoU against the iteration, one line
-per run. Confusion matrix: rows = ground truth normalised to 1 (the fraction of each class's pixels
+Training curves: the logged training loss (per model: a probe's, the sum over its heads, divided
+by their number) and the validation mIoU against the iteration, one line per run, a labelled point for
+a run that validated once. Confusion matrix: rows = ground truth normalised to 1 (the fraction of each class's pixels
 predicted as each class), so a rare class reads as clearly as a frequent one.
 """
 from __future__ import annotations
@@ -36,6 +37,14 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
+def curve_points(run: TrainingRun) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(iteration, training loss per model) and (iteration, validation mIoU %) of a run's log."""
+    train = [(r["iteration"], r["loss"] * run.loss_scale) for r in run.rows
+             if r["split"] == "train" and r["loss"] is not None]
+    val = [(r["iteration"], 100 * r["mean_iou"]) for r in run.rows if r["split"] == "val" and r["mean_iou"] is not None]
+    return train, val
+
+
 def curves_figure(runs: Sequence[TrainingRun]) -> bytes | None:
     """Training loss and validation mIoU (%) against the iteration; None when nothing was logged."""
     if not any(run.rows for run in runs):
@@ -44,12 +53,14 @@ def curves_figure(runs: Sequence[TrainingRun]) -> bytes | None:
     fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
     for index, run in enumerate(runs):
         colour = f"C{index % 10}"
-        train = [(r["iteration"], r["loss"]) for r in run.rows if r["split"] == "train" and r["loss"] is not None]
-        val = [(r["iteration"], 100 * r["mean_iou"]) for r in run.rows
-               if r["split"] == "val" and r["mean_iou"] is not None]
+        train, val = curve_points(run)
         if train:
             loss_ax.plot(*zip(*train), color=colour, linewidth=1.2, label=run.name)
-        if val:
+        if len(val) == 1:  # validated once (at its end): a point that says its value, not a lone dot
+            miou_ax.plot(*val[0], color=colour, marker="o", markersize=6, linestyle="none", label=run.name)
+            miou_ax.annotate(f"{val[0][1]:.1f}", val[0], textcoords="offset points", xytext=(5, 4), fontsize=8,
+                             color=colour)
+        elif val:
             miou_ax.plot(*zip(*val), color=colour, marker="o", markersize=3, linewidth=1.2, label=run.name)
     loss_ax.set(title="training loss", xlabel="iteration", ylabel="cross-entropy")
     miou_ax.set(title="validation mIoU", xlabel="iteration", ylabel="mIoU (%)")

@@ -198,3 +198,19 @@ def test_report_tables_carry_the_figures_of_metrics_json(report, inputs):
     per_class = [line for line in text.splitlines() if line.startswith("| background")][0]
     cells = [c.strip() for c in per_class.split("|")[2:-1]]
     assert f"{100 * scores['per_class_iou'][0]:.2f}" == cells[0]  # fcn16s is the first system column
+
+
+def test_curves_give_a_probe_loss_per_head_and_a_lone_validation_its_value(inputs):
+    from skipseg.engine.logbook import read_metrics
+    from skipseg.report.figures import curve_points
+
+    found = gather([inputs["probe"], inputs["fcn32"]])
+    probe = next(r for r in found.runs if "probe" in r.name)
+    assert "loss per head, mean of 2" in probe.name and probe.loss_scale == 0.5
+    logged = [(r["iteration"], r["loss"]) for r in read_metrics(probe.folder) if r["split"] == "train"]
+    train, _ = curve_points(probe)
+    assert train == [(i, loss / 2) for i, loss in logged]  # on the same axis as one model's loss
+    single = next(r for r in found.runs if r.name == "fcn32s")
+    _, val = curve_points(single)
+    assert len(val) == 1  # validated once: drawn as a point labelled with its value
+    assert curve_points(single)[0] and single.loss_scale == 1.0
