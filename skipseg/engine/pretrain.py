@@ -45,12 +45,14 @@ class PretrainSection:
     size: int = 64
 
 
-# The recipe, as a config (any key can be overridden on the command line).
+# The recipe, as a config (any key can be overridden on the command line). fp32 and NCHW are pinned,
+# not `auto`: the card's command then makes the same file on a CPU with native bf16 as on one without.
 DEFAULTS = {
     "model": {"num_classes": len(CLASS_NAMES), "dropout": 0.0},
     "data": {"root": "", "crop_size": None, "workers": 0, "flip": True},
     "train": {"batch_size": 32, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
-              "lr_schedule": "poly", "warmup": 300, "val_every": 2_000, "checkpoint_every": 500, "log_every": 50},
+              "lr_schedule": "poly", "warmup": 300, "val_every": 2_000, "checkpoint_every": 500, "log_every": 50,
+              "precision": "fp32", "channels_last": False},
 }
 
 
@@ -162,9 +164,11 @@ def pretrain(arch: str, out: str | Path, *, width: float = 1.0, size: int = 64, 
         "images": config.pretrain.images, "val_images": config.pretrain.val_images, "seed": config.train.seed,
         "top1": round(scores["top1"], 4), "val_cross_entropy": round(scores["cross_entropy"], 4),
         "chance_top1": round(1 / len(CLASS_NAMES), 4), "seconds": round(time.perf_counter() - start, 1),
-        "resumed": resume, "storage": "float16", "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "resumed": resume, "storage": "float16", "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
         "recipe": {k: v for k, v in dataclasses.asdict(config.train).items()
-                   if k in ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule", "warmup")},
+                   if k in ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule", "warmup",
+                            "precision", "channels_last")},
         "command": pretrain_command(arch, out, config, overrides), "sha256": sha256(out),
     }
     card_path(out).write_text(json.dumps(card, indent=2) + "\n")
