@@ -124,7 +124,19 @@ def test_every_shipped_file_matches_its_card_and_its_model():
                                 ("skipnet", {"backbone": "vgg16_bn", "grid": 8})):
                 build_model(name, num_classes=7, width=card.width, pretrained="shapes", **extra)
         else:
-            build_model("skipnet", num_classes=7, backbone=card.backbone, grid=9, pretrained="shapes")
+            build_model("skipnet", num_classes=7, backbone=card.backbone, width=card.width, grid=9, pretrained="shapes")
+
+
+def test_the_shipped_inception_is_the_skip_studys_trunk_at_its_width():
+    card = next(c for c in shipped_cards() if c.backbone == "inception_v3")
+    assert (card.width, card.input_size) == (0.25, 96) and card.top1 >= 0.6 and sha256(card.path) == card.sha256
+    state = torch.load(card.path, weights_only=True)
+    model = build_model("skipnet", num_classes=7, backbone="inception_v3", width=0.25, grid=15, input_size=139,
+                        head_channels=16, tap=6, pretrained="shapes")
+    trunk = model.backbone.body.state_dict()
+    assert len(trunk) > 500 and all(torch.equal(v, state[k].to(v.dtype)) for k, v in trunk.items())
+    assert not model.head.score_tap.weight.any()  # the heads start afresh
+    assert model.eval()(torch.randn(2, 3, 139, 139)).shape == (2, 7, 15, 15)
 
 
 def test_pretraining_images_are_never_segmentation_images():
