@@ -43,3 +43,22 @@ def test_tiny_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     run_demo(out, main, settings=TINY)  # again: every step is skipped
     assert capsys.readouterr().out.count("done earlier") == len(plan(out, TINY))
+
+
+def test_lanes_run_side_by_side_with_the_cores_split_and_a_failure_names_its_log(tmp_path):
+    import time
+
+    from skipseg.demo import Step, _cores, _run_lanes
+    from skipseg.errors import SkipsegError
+
+    done = tmp_path / ".demo"
+    done.mkdir()
+    version = Step("version", "print the version", ["--version"], lane="a")
+    bad = Step("bad", "train a missing config", ["train", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r")],
+               lane="b")
+    after = Step("after", "print it again", ["--version"], lane="b")
+    with pytest.raises(SkipsegError, match=r"step 2 \(train a missing config\): exit code 2, .*missing\.yaml.*"
+                                           r"\(log .*bad\.log\); fix the cause"):
+        _run_lanes([(1, version), (2, bad), (3, after)], 3, done, time.perf_counter())
+    assert (done / "version.done").is_file() and not (done / "after.done").exists()  # the failed lane stopped
+    assert f"cpu: {max(1, _cores() // 2)} thread" in (done / "version.log").read_text()  # cores split between 2 lanes

@@ -66,6 +66,7 @@ def curves_figure(runs: Sequence[TrainingRun]) -> bytes | None:
     miou_ax.set(title="validation mIoU", xlabel="iteration", ylabel="mIoU (%)")
     from matplotlib.ticker import MaxNLocator
 
+    miou_ax.margins(x=0.1)  # room for the last point's label
     for ax in (loss_ax, miou_ax):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
