@@ -3,12 +3,14 @@
     python -m bench.run [--quick] [--only NAME,...] [--out FILE] [--device auto|cpu|cuda] [--threads N]
 
 Parts (run in this order; `--only` picks some): peak (matmul fp32/bf16), steps (training step and
-inference of FCN-8s, DeconvNet, skipnet/Inception-v3), confusion, crf, loader (vs the training
+inference of FCN-8s, DeconvNet, skipnet/Inception-v3), demo_steps (the demo's models: the eager step
+against the runtime's, side by side), confusion, crf, loader (vs the training
 step), loop (the trainer's images/s vs its bare step, demo models), proposals (batched vs one crop
 at a time), probe (skip study: probe mode vs separate runs).
-Writes FILE (JSON, default bench/results/latest.json; quick.json with --quick) and FILE with a .md
+Writes FILE (JSON, default bench/results/latest.json, the whole record: quick.json with --quick,
+only_PART[_PART...].json with --only, so a partial run never replaces the record) and FILE with a .md
 suffix (the Markdown summary), both rewritten after every part so an interrupted run keeps what it
-measured. `steps` needs the peaks: asked for without `peak`, it measures them first.
+measured. `steps` and `demo_steps` need the peaks: asked for without `peak`, they measure them first.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from bench import inference, loader, loop, peak, study, substitutions, training
+from bench import demo_steps, inference, loader, loop, peak, study, substitutions, training
 from bench.common import ROOT, Context, contention_check, fmt, machine_info, make_scratch
 from bench.report import markdown, targets
 from skipseg.core.runtime import resolve_device
@@ -33,6 +35,7 @@ from skipseg.errors import SkipsegError
 PARTS: dict[str, Callable[[Context], dict]] = {
     "peak": peak.run,
     "steps": training.run,
+    "demo_steps": demo_steps.run,
     "confusion": inference.run_confusion,
     "crf": inference.run_crf,
     "loader": loader.run,
@@ -48,7 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (~2 min): checks the code")
     parser.add_argument("--only", help=f"comma-separated parts: {', '.join(PARTS)}")
     parser.add_argument("--out", type=Path,
-                        help="JSON file (default bench/results/latest.json, quick.json with --quick)")
+                        help="JSON file (default bench/results/latest.json; quick.json with --quick, "
+                        "only_PARTS.json with --only)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
     args = parser.parse_args(argv)
@@ -57,13 +61,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         unknown = [n for n in names if n not in PARTS]
         if unknown:
             parser.error(f"--only: unknown part '{unknown[0]}'; parts: {', '.join(PARTS)}")
-        if "steps" in names and "peak" not in names:
+        if {"steps", "demo_steps"} & set(names) and "peak" not in names:
             names.insert(0, "peak")
         args.parts = [n for n in PARTS if n in names]
     else:
         args.parts = list(PARTS)
-    if args.out is None:
-        args.out = ROOT / "bench" / "results" / ("quick.json" if args.quick else "latest.json")
+    if args.out is None:  # latest.json is the whole record: a quick or partial run writes a file of its own
+        name = "quick" if args.quick else f"only_{'_'.join(args.parts)}" if args.only else "latest"
+        args.out = ROOT / "bench" / "results" / f"{name}.json"
     return args
 
 
