@@ -248,6 +248,8 @@ def _run_lanes(block: list[tuple[int, Step]], total: int, done_dir: Path, start:
             if _done_earlier(done_dir, step, header):
                 continue
             argv, log = _resumable(step), done_dir / f"{step.name}.log"
+            if argv[0] == "train":  # its output goes to a file: no progress bar in it
+                argv = ["train", "--no-progress", *argv[1:]]
             print(f"\n{header}  ({time.perf_counter() - start:.0f} s; lane '{step.lane}', {threads} thread"
                   f"{'s' * (threads > 1)}, output in {log})\n  $ skipseg {shlex.join(argv)}", flush=True)
             began = time.perf_counter()

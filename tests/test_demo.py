@@ -40,6 +40,8 @@ def test_tiny_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     scores = json.loads((out / "eval" / "edeconvnet_crf" / "metrics.json").read_text())
     assert scores["inference"]["crf"] and scores["inference"]["proposals"] == TINY.proposals
     assert (out / "runs" / "skip_study" / "report" / "table1.md").is_file()
+    log = (out / ".demo" / "train_fcn8s.log").read_text()  # a laned step's output, kept in a file
+    assert log.strip().splitlines()[-1].startswith("done:") and "it/s" not in log  # no progress bar in it
     capsys.readouterr()
     run_demo(out, main, settings=TINY)  # again: every step is skipped
     assert capsys.readouterr().out.count("done earlier") == len(plan(out, TINY))
