@@ -24,15 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import Context, add_target, figure, sync
-from skipseg.config import TrainConfig
+from bench.training import random_target, training_step
 from skipseg.core.runtime import Runtime, make_runtime
-from skipseg.data.palette import IGNORE_INDEX
-from skipseg.engine.evaluator import grid_targets
-from skipseg.engine.optim import build_optimizer
 from skipseg.models import build_model
 
 PEAK_TARGET = 0.40  # runtime step: fraction of the fp32 matmul peak
@@ -51,34 +47,20 @@ class DemoCase:
 
 def cases(ctx: Context) -> list[DemoCase]:
     """The demo's models as their configs train them (model options, crop size, batch, memory format)."""
-    from bench.loop import _config
+    from bench.loop import trained_config
     from skipseg.demo import CONFIGS, FULL, SKIP_CONFIG
     from skipseg.inference.predictor import model_options
 
     names = ["fcn8s_shapes.yaml", "deconvnet_shapes.yaml", SKIP_CONFIG, "skip_vgg_shapes.yaml"]
     found = []
     for name in names[:1] if ctx.quick else names:
-        config = _config(CONFIGS / name, [f"model.num_classes={FULL.classes + 1}", "model.tap=none"]
-                         if "skip" in name else [f"model.num_classes={FULL.classes + 1}"], ctx.scratch)
+        overrides = [f"model.num_classes={FULL.classes + 1}", *(["model.tap=none"] if "skip" in name else [])]
+        config = trained_config(CONFIGS / name, overrides, ctx.scratch)
         options = model_options(config)
         size = config.data.crop_size or options.get("input_size") or FULL.size
         found.append(DemoCase(name.removesuffix(".yaml"), name, config.model.name, size, config.train.batch_size,
                               config.train.channels_last, options))
     return found
-
-
-def _trainer_step(model: torch.nn.Module, runtime: Runtime, images: torch.Tensor, target: torch.Tensor):
-    optimizer = build_optimizer(model, TrainConfig(optimizer="adam", lr=1e-6, weight_decay=0.0))
-    images = runtime.to_input(images)
-
-    def step() -> None:
-        with runtime.autocast():
-            logits = model(images)  # [N, C, H, W] (or [N, C, G, G])
-        F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum").backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def measure(case: DemoCase, device: torch.device, rounds: int, per_round: int) -> dict[str, Any]:
@@ -89,12 +71,10 @@ def measure(case: DemoCase, device: torch.device, rounds: int, per_round: int) -
     fast = build_model(case.model, **case.options)
     fast.load_state_dict(eager.state_dict())
     fast = runtime.prepare_model(fast).train()
-    target = torch.randint(0, case.options["num_classes"], (case.batch, case.size, case.size), device=device)
-    to_target = grid_targets(eager)
-    if to_target is not None:
-        target = to_target(target)  # [N, G, G] cell labels of a box-wise model
-    steps = {"eager": _trainer_step(eager, Runtime(device, None, False), images, target),
-             "runtime": _trainer_step(fast, runtime, images, target)}
+    target = random_target(eager, case.batch, case.size, case.options["num_classes"], device)
+    plain = Runtime(device, None, False)
+    steps = {"eager": training_step(eager, plain, plain.to_input(images), target, "adam", "sum"),
+             "runtime": training_step(fast, runtime, runtime.to_input(images), target, "adam", "sum")}
     with FlopCounterMode(display=False) as counter:
         steps["eager"]()  # warm-up, FLOPs counted on the way
     steps["runtime"]()

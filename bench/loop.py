@@ -49,7 +49,7 @@ def demo_cases(root: str) -> dict[str, tuple[str, list[str]]]:
     }
 
 
-def _config(path, overrides: list[str], scratch):
+def trained_config(path, overrides: list[str], scratch):
     """The config, a staged config's first stage (its proposals cached under `scratch`), or a sweep's
     base run."""
     if stages.has_stages(path):
@@ -145,7 +145,7 @@ def run(ctx: Context) -> dict:
     for name, (config_name, overrides) in demo_cases(str(root)).items():
         if ctx.quick and name not in ("fcn8s",):
             continue
-        config = _config(CONFIGS / config_name, [*overrides, f"train.device={device}"], ctx.scratch)
+        config = trained_config(CONFIGS / config_name, [*overrides, f"train.device={device}"], ctx.scratch)
         case = interleaved_rates(config, ctx.scratch / f"loop_{name}", ctx.pick(400, 40), window=20,
                                  bare_repeats=ctx.pick(5, 2))
         out["cases"][name] = {**case, "config": config_name, "workers": config.data.workers,

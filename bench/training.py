@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,30 @@ class Case:
     batch: int
     options: dict[str, Any] = field(default_factory=dict)
     targets: bool = False  # the issue's FCN-8s FLOP/s targets apply
+
+
+def random_target(model: torch.nn.Module, batch: int, size: int, num_classes: int,
+                  device: torch.device) -> torch.Tensor:
+    """Random labels `[batch, size, size]`, or their `[batch, G, G]` cells for a box-wise model."""
+    target = torch.randint(0, num_classes, (batch, size, size), device=device)
+    to_cells = grid_targets(model)
+    return to_cells(target) if to_cells is not None else target
+
+
+def training_step(model: torch.nn.Module, runtime: Runtime, images: torch.Tensor, target: torch.Tensor,
+                  optimizer: str, reduction: str = "mean") -> Callable[[], None]:
+    """One training step as the trainer takes it: forward under the runtime's autocast, cross-entropy,
+    backward, the trainer's (fused) `optimizer` step; `images` already in the runtime's layout."""
+    step_optimizer = build_optimizer(model, TrainConfig(optimizer=optimizer, lr=1e-9))
+
+    def step() -> None:
+        with runtime.autocast():
+            logits = model(images)  # [N, C, H, W] (or [N, C, G, G])
+        F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction=reduction).backward()
+        step_optimizer.step()
+        step_optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def cases(ctx: Context) -> list[Case]:
@@ -71,19 +95,9 @@ def measure(case: Case, runtime: Runtime, repeats: tuple[int, int, float]) -> di
     torch.manual_seed(0)
     model = runtime.prepare_model(build_model(case.model, num_classes=21, **case.options))
     params = sum(p.numel() for p in model.parameters())
-    optimizer = build_optimizer(model, TrainConfig(optimizer="sgd", lr=1e-9))  # the trainer's (fused) SGD
     images = runtime.to_input(torch.randn(case.batch, 3, case.size, case.size))
-    target = torch.randint(0, 21, (case.batch, case.size, case.size), device=device)
-    to_target = grid_targets(model)
-    if to_target is not None:
-        target = to_target(target)  # [N, G, G] cell labels of a box-wise model
-
-    def train_step() -> None:
-        with runtime.autocast():
-            logits = model(images)  # [N, C, H, W] (or [N, C, G, G])
-        F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    target = random_target(model, case.batch, case.size, 21, device)
+    train_step = training_step(model, runtime, images, target, "sgd")  # the trainer's (fused) SGD
 
     def infer_step() -> None:
         with torch.inference_mode(), runtime.autocast():
