@@ -212,9 +212,8 @@ def run_demo(out: str | Path, run_command: Callable[[list[str]], int], quick: bo
         began = time.perf_counter()
         code = run_command(argv)
         if code != 0:
-            raise SkipsegError(f"demo step {number} ({step.title}) failed with exit code {code}; fix the "
-                               f"cause and run the demo again: finished steps are kept in {done_dir}")
-        (done_dir / f"{step.name}.done").write_text(f"{time.perf_counter() - began:.1f} s\n")
+            raise _failed(done_dir, f"step {number} ({step.title}) failed with exit code {code}")
+        _mark_done(done_dir, step, began)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return out / "report" / "report.html"
 
@@ -224,6 +223,15 @@ def _done_earlier(done_dir: Path, step: Step, header: str) -> bool:
     if marker.is_file():
         print(f"{header}: done earlier ({marker.read_text().strip()})", flush=True)
     return marker.is_file()
+
+
+def _mark_done(done_dir: Path, step: Step, began: float) -> None:
+    """Record a finished step (and how long it took) so that a restarted demo skips it."""
+    (done_dir / f"{step.name}.done").write_text(f"{time.perf_counter() - began:.1f} s\n")
+
+
+def _failed(done_dir: Path, what: str) -> SkipsegError:
+    return SkipsegError(f"demo {what}; fix the cause and run the demo again: finished steps are kept in {done_dir}")
 
 
 def _cores() -> int:
@@ -260,11 +268,10 @@ def _run_lanes(block: list[tuple[int, Step]], total: int, done_dir: Path, start:
             if code != 0:
                 failed.append(f"step {number} ({step.title}): exit code {code}, {lines[-1]} (log {log})")
                 return
-            (done_dir / f"{step.name}.done").write_text(f"{time.perf_counter() - began:.1f} s\n")
+            _mark_done(done_dir, step, began)
             print(f"{header}: {lines[-1]} ({time.perf_counter() - began:.0f} s)", flush=True)
 
     with ThreadPoolExecutor(len(lanes)) as pool:
         list(pool.map(run_lane, lanes.values()))
     if failed:
-        raise SkipsegError(f"demo {'; '.join(failed)}; fix the cause and run the demo again: finished steps "
-                           f"are kept in {done_dir}")
+        raise _failed(done_dir, "; ".join(failed))
